@@ -1,0 +1,52 @@
+# WaFL developer entry points. `make test` sets everything up on a fresh machine, then tests.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup build test lint docs demo bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+# promtool (Debian's prometheus package) checks the alert rules and dashboard queries.
+$(VENV)/.promtool:
+	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null)
+	touch $@
+
+# Circuits (compile + reproducible development setup) and contracts, cached by content hash.
+build: $(VENV)/.installed node_modules/.installed $(VENV)/.promtool
+	$(BIN)/wafl build
+
+setup: build
+
+test: setup
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check wafl services tests
+	$(BIN)/mypy
+
+SERVICES := trainer prover submitter chain_watcher metrics
+
+# AsyncAPI documents of every service, rendered by FastStream (tests/test_asyncapi_docs.py checks them).
+docs: $(VENV)/.installed
+	mkdir -p docs/asyncapi
+	for s in $(SERVICES); do $(BIN)/faststream docs gen --factory wafl_$$s.app:create_app --yaml --out docs/asyncapi/$$s.yaml || exit 1; done
+
+demo: setup
+	$(BIN)/wafl demo
+
+bench: setup
+	$(BIN)/wafl bench gas --json
+
+clean:
+	rm -rf build .pytest_cache

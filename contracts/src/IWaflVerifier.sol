@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+/// @title Groth16 verification of a WaFL update, split by who pays for which public inputs.
+/// @notice Public inputs are ordered (global words, round, update words, sender). The first two
+/// groups are the same for every update of a round, so their share of the input sum is
+/// computed once per round; an update then costs one scalar multiplication per update word
+/// plus one for the sender.
+interface IWaflVerifier {
+    /// @return The number of packed words of a model (global or update).
+    function nWords() external view returns (uint256);
+
+    /// @return share IC_0 + sum(IC_i * globalWords_i) + IC_round * round, as a G1 point.
+    function roundShare(uint256[] calldata globalWords, uint256 round)
+        external
+        view
+        returns (uint256[2] memory share);
+
+    /// @param proof a.x, a.y, b.x0, b.x1, b.y0, b.y1, c.x, c.y in ZoKrates' order.
+    /// @return True when the proof verifies for (share, updateWords, sender); false for any
+    /// invalid proof, including points that are not on the curve.
+    function verifyUpdate(
+        uint256[2] calldata share,
+        uint256[] calldata updateWords,
+        address sender,
+        uint256[8] calldata proof
+    ) external view returns (bool);
+}

@@ -1,0 +1,183 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+// "./Verifier.sol" is the ZoKrates-exported verifier of one configuration's circuit
+// (contracts/generated/<config>/Verifier.sol); the build maps it in per configuration.
+import {Verifier} from "./Verifier.sol";
+import {IWaflVerifier} from "./IWaflVerifier.sol";
+
+/// @title Split Groth16 verifier over the ZoKrates-generated verifying key.
+/// @dev The verifying key is the generated Verifier's, unchanged. It is read once, at
+/// deployment, and kept as the code of a data contract (SSTORE2): building ZoKrates' key struct
+/// in memory on every call costs ~860 gas per public input, one extcodecopy costs ~6 gas per
+/// point. The input sum is split (round share + update share), and the precompile calls
+/// return false instead of burning all gas on invalid points.
+contract WaflVerifier is Verifier, IWaflVerifier {
+    /// @dev BN254 base field modulus, for negating G1 points.
+    uint256 private constant Q = 21888242871839275222246405745257275088696311157297823662689037894645226208583;
+
+    // Layout of the key data (32-byte words): -alpha (2), beta (4), gamma (4), delta (4), with G2
+    // coordinates already in EIP-197 order, then IC_0, IC_1, ... (2 words each).
+    uint256 private constant ALPHA_BETA_BYTES = 6 * 32;
+    uint256 private constant GAMMA_OFFSET = 6 * 32;
+    uint256 private constant DELTA_OFFSET = 10 * 32;
+    uint256 private constant IC_OFFSET = 14 * 32;
+
+    uint256 public immutable nWords;
+    address private immutable _key;
+
+    error WaflVerifier__WrongInputCount(uint256 expected, uint256 given);
+    error WaflVerifier__BadPoint();
+    error WaflVerifier__KeyStoreFailed();
+
+    constructor() {
+        VerifyingKey memory vk = verifyingKey();
+        // inputs = 2 * nWords + 2 (global words, round, update words, sender)
+        nWords = (vk.gamma_abc.length - 3) / 2;
+        (uint256 ax, uint256 ay) = _negate(vk.alpha.X, vk.alpha.Y);
+        bytes memory blob = abi.encodePacked(
+            ax, ay, _g2(vk.beta.X, vk.beta.Y), _g2(vk.gamma.X, vk.gamma.Y), _g2(vk.delta.X, vk.delta.Y)
+        );
+        for (uint256 i = 0; i < vk.gamma_abc.length; ++i) {
+            blob = abi.encodePacked(blob, vk.gamma_abc[i].X, vk.gamma_abc[i].Y);
+        }
+        _key = _storeCode(blob);
+    }
+
+    function roundShare(uint256[] calldata globalWords, uint256 round)
+        external
+        view
+        returns (uint256[2] memory share)
+    {
+        uint256 n = globalWords.length;
+        if (n != nWords) revert WaflVerifier__WrongInputCount(nWords, n);
+        // IC_0 .. IC_{n+1}: the constant term, the global words and the round.
+        uint256[] memory ic = _points(0, n + 2);
+        (bool ok, uint256 x, uint256 y) = _msm(ic[0], ic[1], ic, 1, globalWords);
+        (ok, x, y) = _mulAdd(ok, x, y, ic[2 + 2 * n], ic[3 + 2 * n], round);
+        if (!ok) revert WaflVerifier__BadPoint();
+        share = [x, y];
+    }
+
+    function verifyUpdate(
+        uint256[2] calldata share,
+        uint256[] calldata updateWords,
+        address sender,
+        uint256[8] calldata proof
+    ) external view returns (bool) {
+        uint256 n = updateWords.length;
+        if (n != nWords) revert WaflVerifier__WrongInputCount(nWords, n);
+        // Coordinates must be canonical field elements: no second encoding of the same proof.
+        for (uint256 i = 0; i < 8; ++i) {
+            if (proof[i] >= Q) return false;
+        }
+        // IC_{n+2} .. IC_{2n+2}: the update words, then the sender.
+        uint256[] memory ic = _points(n + 2, n + 1);
+        (bool ok, uint256 x, uint256 y) = _msm(share[0], share[1], ic, 0, updateWords);
+        (ok, x, y) = _mulAdd(ok, x, y, ic[2 * n], ic[2 * n + 1], uint256(uint160(sender)));
+        if (!ok) return false;
+        return _pairing(x, y, proof);
+    }
+
+    /// @dev `count` IC points from index `first`, as 2 * count words.
+    function _points(uint256 first, uint256 count) private view returns (uint256[] memory words) {
+        words = new uint256[](2 * count);
+        address key = _key;
+        assembly ("memory-safe") {
+            extcodecopy(key, add(words, 0x20), add(1, add(IC_OFFSET, mul(first, 0x40))), mul(count, 0x40))
+        }
+    }
+
+    /// @dev (x, y) + sum_i scalars[i] * P_(first + i) for the points P held in `ic`, in one
+    /// assembly loop (the Solidity loop cost ~700 gas per term on top of the precompiles).
+    function _msm(uint256 x, uint256 y, uint256[] memory ic, uint256 first, uint256[] calldata scalars)
+        private
+        view
+        returns (bool ok, uint256, uint256)
+    {
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            ok := 1
+            let p := add(add(ic, 0x20), mul(first, 0x40))
+            let s := scalars.offset
+            let end := add(s, mul(scalars.length, 0x20))
+            for {} lt(s, end) { s := add(s, 0x20) } {
+                mstore(m, mload(p))
+                mstore(add(m, 0x20), mload(add(p, 0x20)))
+                mstore(add(m, 0x40), calldataload(s))
+                ok := and(ok, staticcall(gas(), 0x07, m, 0x60, m, 0x40))
+                mstore(add(m, 0x40), x)
+                mstore(add(m, 0x60), y)
+                ok := and(ok, staticcall(gas(), 0x06, m, 0x80, m, 0x40))
+                x := mload(m)
+                y := mload(add(m, 0x20))
+                p := add(p, 0x40)
+            }
+        }
+        return (ok, x, y);
+    }
+
+    /// @dev (x, y) + s * (px, py) with the ecMul and ecAdd precompiles; ok stays false once false.
+    function _mulAdd(bool ok, uint256 x, uint256 y, uint256 px, uint256 py, uint256 s)
+        private
+        view
+        returns (bool, uint256, uint256)
+    {
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, px)
+            mstore(add(m, 0x20), py)
+            mstore(add(m, 0x40), s)
+            ok := and(ok, staticcall(gas(), 0x07, m, 0x60, m, 0x40))
+            mstore(add(m, 0x40), x)
+            mstore(add(m, 0x60), y)
+            ok := and(ok, staticcall(gas(), 0x06, m, 0x80, m, 0x40))
+            x := mload(m)
+            y := mload(add(m, 0x20))
+        }
+        return (ok, x, y);
+    }
+
+    /// @dev e(A, B) * e(-vk_x, gamma) * e(-C, delta) * e(-alpha, beta) == 1, laid out as the
+    /// generated Verifier's pairing() does (G2 coordinates swapped for EIP-197).
+    function _pairing(uint256 vx, uint256 vy, uint256[8] calldata proof) private view returns (bool valid) {
+        uint256[24] memory input;
+        input[0] = proof[0];
+        input[1] = proof[1];
+        input[2] = proof[3];
+        input[3] = proof[2];
+        input[4] = proof[5];
+        input[5] = proof[4];
+        (input[6], input[7]) = _negate(vx, vy);
+        (input[12], input[13]) = _negate(proof[6], proof[7]);
+        address key = _key;
+        assembly ("memory-safe") {
+            extcodecopy(key, add(input, 0x100), add(1, GAMMA_OFFSET), 0x80) // gamma -> input[8..11]
+            extcodecopy(key, add(input, 0x1c0), add(1, DELTA_OFFSET), 0x80) // delta -> input[14..17]
+            extcodecopy(key, add(input, 0x240), 1, ALPHA_BETA_BYTES) // -alpha, beta -> input[18..23]
+            let out := mload(0x40)
+            let success := staticcall(gas(), 0x08, input, 0x300, out, 0x20)
+            valid := and(success, eq(mload(out), 1))
+        }
+    }
+
+    function _negate(uint256 x, uint256 y) private pure returns (uint256, uint256) {
+        if (x == 0 && y == 0) return (0, 0);
+        return (x, Q - (y % Q));
+    }
+
+    /// @dev A G2 point of the generated key in the precompile's (EIP-197) coordinate order.
+    function _g2(uint256[2] memory x, uint256[2] memory y) private pure returns (bytes memory) {
+        return abi.encodePacked(x[1], x[0], y[1], y[0]);
+    }
+
+    /// @dev SSTORE2: deploy `data` as the code of a contract that cannot be called (a leading STOP).
+    function _storeCode(bytes memory data) private returns (address pointer) {
+        // 600B5981380380925939F3: return all code after these 11 bytes.
+        bytes memory creation = abi.encodePacked(hex"600B5981380380925939F3", hex"00", data);
+        assembly ("memory-safe") {
+            pointer := create(0, add(creation, 0x20), mload(creation))
+        }
+        if (pointer == address(0)) revert WaflVerifier__KeyStoreFailed();
+    }
+}

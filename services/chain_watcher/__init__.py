@@ -1,0 +1,1 @@
+"""WaFL chain_watcher service."""

@@ -1,0 +1,44 @@
+"""The chain watcher as a FastStream app and a plain process (`wafl run chain_watcher`)."""
+
+from __future__ import annotations
+
+from faststream import FastStream
+
+from wafl.logs import configure_logging, get_logger
+from wafl.observability import serve_metrics
+from wafl.service import make_app, make_runtime, preflight
+from wafl_chain_watcher.follower import ChainFollower
+from wafl_chain_watcher.handlers import SERVICE, WatcherState, register
+from wafl_chain_watcher.settings import ChainWatcherSettings
+
+EXAMPLE = ChainWatcherSettings(org="example")
+SETTINGS = ChainWatcherSettings
+
+
+def create_app(settings: ChainWatcherSettings = EXAMPLE, state: WatcherState | None = None) -> FastStream:
+    runtime = make_runtime(settings, SERVICE)
+    watcher = register(runtime, state or WatcherState(poll_interval=settings.poll_interval))
+    app = make_app(runtime, "WaFL chain watcher")
+
+    @app.after_startup
+    async def _start() -> None:
+        if watcher.state.follower is not None:
+            watcher.start()
+
+    @app.on_shutdown
+    async def _stop() -> None:
+        await watcher.stop()
+
+    return app
+
+
+async def serve(settings: ChainWatcherSettings) -> None:
+    configure_logging(SERVICE, settings.org, settings.log_level)
+    deployment, w3 = await preflight(settings)
+    assert w3 is not None
+    follower = ChainFollower(w3, deployment, settings.org, settings.confirmations, settings.max_block_range)
+    app = create_app(settings, WatcherState(follower, settings.poll_interval))
+    port = serve_metrics(settings.metrics_port)
+    get_logger().info("service_started", metrics_port=port, confirmations=settings.confirmations,
+                      start_block=deployment.start_block)
+    await app.run()

@@ -1,0 +1,124 @@
+"""The chain watcher's loop: poll the chain, publish confirmed events, checkpoint in Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+
+import structlog
+from faststream.rabbit.publisher import RabbitPublisher
+
+from wafl.chainstate import write_state
+from wafl.messages import ChainEvent, RoundDeadline, RoundFinalized, RoundOpened, UpdateAccepted
+from wafl.service import Runtime
+from wafl_chain_watcher.follower import ChainFollower, Cursor
+
+SERVICE = "chain_watcher"
+log = structlog.get_logger()
+
+
+@dataclass
+class WatcherState:
+    follower: ChainFollower | None = None
+    poll_interval: float = 1.0
+
+
+class Watcher:
+    def __init__(self, runtime: Runtime, state: WatcherState) -> None:
+        self.runtime = runtime
+        self.state = state
+        topology = runtime.topology
+        self.publishers: dict[str, RabbitPublisher] = {
+            model.routing_key: runtime.broker.publisher(
+                exchange=topology.events, routing_key=model.routing_key, schema=model, persist=True,
+                title=model.routing_key,
+            )
+            for model in (RoundOpened, UpdateAccepted, RoundFinalized, RoundDeadline)
+        }
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- cursor in Redis ----------------------------------------------------------------------
+    async def load_cursor(self, follower: ChainFollower) -> Cursor:
+        raw = await self.runtime.redis.get(self.runtime.key("cursor"))
+        if raw is None:
+            return Cursor(scanned_to=follower.start_block - 1)
+        data = json.loads(raw)
+        return Cursor(data["scanned_to"], tuple(data["last_published"]),  # type: ignore[arg-type]
+                      {int(k): v for k, v in data["hashes"].items()})
+
+    async def save_cursor(self, cursor: Cursor) -> None:
+        data = {"scanned_to": cursor.scanned_to, "last_published": list(cursor.last_published),
+                "hashes": {str(k): v for k, v in cursor.hashes.items()}}
+        await self.runtime.redis.set(self.runtime.key("cursor"), json.dumps(data))
+
+    # ---- one poll ---------------------------------------------------------------------------------
+    async def poll_once(self) -> int:
+        follower = self.state.follower
+        assert follower is not None
+        org = self.runtime.settings.org
+        cursor = await self.load_cursor(follower)
+        fork = await asyncio.to_thread(follower.rewind_if_reorged, cursor)
+        if fork is not None:
+            log.error("reorg_below_confirmation_depth", fork_block=fork)
+        head = await asyncio.to_thread(follower.head)
+        # Recorded before any round.opened goes out, so that consumers never see a round ahead of it.
+        await write_state(self.runtime.redis, org, head.round, head.deadline, head.number)
+        events, safe = await asyncio.to_thread(follower.confirmed_events, cursor, head)
+        published = 0
+        for event in events:
+            position = (event.block_number, event.log_index)
+            if position <= cursor.last_published:
+                continue  # published before a restart
+            await self.publishers[event.routing_key].publish(event)
+            cursor.last_published = position
+            await self.save_cursor(cursor)
+            published += 1
+            log.info("event_published", topic=event.routing_key, block=event.block_number,
+                     round=getattr(event, "round", None))
+        if safe > cursor.scanned_to:
+            await asyncio.to_thread(follower.remember, cursor, safe)
+            await self.save_cursor(cursor)
+        await self._deadline_tick(head)
+        return published
+
+    async def _deadline_tick(self, head: object) -> None:
+        from wafl_chain_watcher.follower import Head
+
+        assert isinstance(head, Head)
+        if head.timestamp < head.deadline:
+            return
+        key = self.runtime.key("deadline", head.round)
+        if await self.runtime.redis.set(key, 1, nx=True):
+            tick = RoundDeadline(org=self.runtime.settings.org, round=head.round, deadline=head.deadline,
+                                 message_id=f"deadline:{head.round}")
+            await self.publishers[RoundDeadline.routing_key].publish(tick)
+            log.info("deadline_passed", round=head.round)
+
+    # ---- loop -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the RPC or broker is away: keep the cursor, try again
+                log.warning("poll_failed", error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(self.state.poll_interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def register(runtime: Runtime, state: WatcherState) -> Watcher:
+    return Watcher(runtime, state)
+
+
+__all__ = ["SERVICE", "ChainEvent", "Watcher", "WatcherState", "register"]

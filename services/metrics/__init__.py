@@ -1,0 +1,1 @@
+"""WaFL metrics service."""

@@ -1,0 +1,40 @@
+"""The metrics service as a FastStream app and a plain process (`wafl run metrics`)."""
+
+from __future__ import annotations
+
+from faststream import FastStream
+from prometheus_client import REGISTRY
+
+from wafl.data import load_org_data
+from wafl.logs import configure_logging, get_logger
+from wafl.observability import serve_metrics
+from wafl.service import StartupError, make_app, make_runtime, preflight
+from wafl_metrics.book import MetricsBook
+from wafl_metrics.handlers import SERVICE, MetricsState, register
+from wafl_metrics.settings import MetricsSettings
+
+EXAMPLE = MetricsSettings(org="example")
+SETTINGS = MetricsSettings
+
+
+def create_app(settings: MetricsSettings = EXAMPLE, state: MetricsState | None = None) -> FastStream:
+    runtime = make_runtime(settings, SERVICE)
+    register(runtime, state or MetricsState())
+    return make_app(runtime, "WaFL metrics")
+
+
+async def serve(settings: MetricsSettings) -> None:
+    configure_logging(SERVICE, settings.org, settings.log_level)
+    deployment, _ = await preflight(settings, chain=False)
+    cfg = deployment.model_config
+    dataset = settings.dataset or cfg.dataset
+    if dataset is None:
+        raise StartupError(f"configuration {cfg.name} names no dataset: set WAFL_DATASET")
+    try:
+        data = load_org_data(cfg, dataset, settings.org_index, settings.org_count, settings.seed)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    app = create_app(settings, MetricsState(MetricsBook(REGISTRY, cfg, data)))
+    port = serve_metrics(settings.metrics_port)
+    get_logger().info("service_started", metrics_port=port, config=cfg.name, held_out=len(data.x_test))
+    await app.run()

@@ -1,0 +1,105 @@
+"""The metrics service's plain core: Prometheus metrics from the event stream, and the quality of
+each finalised global model on the organisation's held-out data."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from wafl.config import ModelConfig
+from wafl.data import OrgData, evaluate
+from wafl.fixedpoint import Weights
+from wafl.messages import (
+    Message,
+    ProofGenerated,
+    RoundDeadline,
+    RoundFinalized,
+    RoundFinalizeSent,
+    RoundOpened,
+    UpdateAccepted,
+    UpdateFailed,
+    UpdateSubmitted,
+    UpdateTrained,
+)
+from wafl.packing import unpack
+
+SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
+GAS = (50_000, 100_000, 200_000, 250_000, 300_000, 350_000, 400_000, 500_000, 750_000, 1_000_000, 2_000_000)
+
+
+class MetricsBook:
+    def __init__(self, registry: CollectorRegistry, cfg: ModelConfig | None = None, data: OrgData | None = None):
+        self.cfg = cfg
+        self.data = data
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        self.rounds_opened = counter("wafl_rounds_opened", "Rounds opened on chain.")
+        self.rounds_finalized = counter("wafl_rounds_finalized", "Rounds finalised on chain.")
+        self.deadlines = counter("wafl_round_deadlines", "Rounds whose deadline passed before their quorum.")
+        self.updates_accepted = counter("wafl_updates_accepted", "Updates accepted on chain (all participants).")
+        self.updates_trained = counter("wafl_updates_trained", "Updates this organisation trained.")
+        self.proofs = counter("wafl_proofs_generated", "Proofs this organisation generated.")
+        self.updates_submitted = counter("wafl_updates_submitted", "Updates this organisation submitted.")
+        self.updates_failed = counter("wafl_updates_failed", "Updates this organisation failed to submit.", ("reason",))
+        self.finalize_sent = counter("wafl_finalize_sent", "finalizeRound transactions this organisation sent.")
+        self.proof_seconds = Histogram("wafl_proof_duration_seconds", "Witness + proof time.", buckets=SECONDS,
+                                       registry=registry)
+        self.train_seconds = Histogram("wafl_train_duration_seconds", "Training time of a round's step.",
+                                       buckets=SECONDS, registry=registry)
+        self.queue_seconds = Histogram("wafl_proof_queue_seconds", "Time a prover job waited for a prover.",
+                                       buckets=SECONDS, registry=registry)
+        self.submit_seconds = Histogram("wafl_submit_duration_seconds", "Signing to receipt of a submission.",
+                                        buckets=SECONDS, registry=registry)
+        self.gas = Histogram("wafl_tx_gas_used", "Gas used by this organisation's transactions.", ("kind",),
+                             buckets=GAS, registry=registry)
+        self.current_round = Gauge("wafl_current_round", "The round open on chain.", registry=registry)
+        self.accuracy = Gauge("wafl_global_model_accuracy", "Accuracy of the latest global model on held-out data.",
+                              registry=registry)
+        self.loss = Gauge("wafl_global_model_loss", "MSE loss of the latest global model on held-out data.",
+                          registry=registry)
+        self.model_round = Gauge("wafl_global_model_round", "The round that produced the latest evaluated model.",
+                                 registry=registry)
+
+    def record(self, event: Message) -> None:
+        match event:
+            case RoundOpened():
+                self.rounds_opened.inc()
+                self.current_round.set(max(self.current_round._value.get(), event.round))
+            case RoundFinalized():
+                self.rounds_finalized.inc()
+                self.current_round.set(max(self.current_round._value.get(), event.round + 1))
+                self.evaluate(event.round, event.global_words)
+            case RoundDeadline():
+                self.deadlines.inc()
+            case UpdateAccepted():
+                self.updates_accepted.inc()
+            case UpdateTrained():
+                self.updates_trained.inc()
+                self.train_seconds.observe(event.train_seconds)
+            case ProofGenerated():
+                self.proofs.inc()
+                self.proof_seconds.observe(event.proof_seconds + event.witness_seconds)
+                self.queue_seconds.observe(event.queue_seconds)
+            case UpdateSubmitted():
+                self.updates_submitted.inc()
+                self.submit_seconds.observe(event.submit_seconds)
+                self.gas.labels(kind="submit_update").observe(event.gas_used)
+            case UpdateFailed():
+                self.updates_failed.labels(reason=event.reason).inc()
+            case RoundFinalizeSent():
+                self.finalize_sent.inc()
+                self.gas.labels(kind="finalize_round").observe(event.gas_used)
+
+    def evaluate(self, round_id: int, global_words: list[int]) -> tuple[float, float] | None:
+        if self.cfg is None or self.data is None:
+            return None
+        model = Weights.from_flat(self.cfg, unpack(self.cfg, global_words))
+        accuracy, loss = evaluate(self.cfg, np.asarray(model.w), np.asarray(model.b), self.data.x_test,
+                                  self.data.y_test)
+        if round_id >= self.model_round._value.get():
+            self.accuracy.set(accuracy)
+            self.loss.set(loss)
+            self.model_round.set(round_id)
+        return accuracy, loss

@@ -1,0 +1,55 @@
+"""Metrics handlers: every public topic, each event counted once."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from wafl.chainstate import classify_round
+from wafl.messages import PUBLIC_MESSAGES, Message
+from wafl.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
+from wafl.service import Runtime
+from wafl_metrics.book import MetricsBook
+
+SERVICE = "metrics"
+SEEN_TTL_SECONDS = 14 * 24 * 3600
+log = structlog.get_logger()
+
+
+@dataclass
+class MetricsState:
+    book: MetricsBook | None = None
+
+
+def register(runtime: Runtime, state: MetricsState) -> None:
+    for model in PUBLIC_MESSAGES:
+        _subscribe(runtime, state, model)
+
+
+def _subscribe(runtime: Runtime, state: MetricsState, model: type[Message]) -> None:
+    topology = runtime.topology
+    queue = topology.service_queue(SERVICE, model.routing_key)
+
+    async def handle(event: Any) -> None:
+        if state.book is None:
+            raise RuntimeError("metrics used before start-up")
+        round_id = getattr(event, "round", None)
+        if round_id is not None:
+            await classify_round(runtime.redis, runtime.settings.org, round_id)  # RejectMessage if unknown
+        # Chain events have deterministic ids (tx, log index); a repeat is not counted twice.
+        if not await runtime.redis.set(runtime.key("seen", event.message_id), 1, nx=True, ex=SEEN_TTL_SECONDS):
+            DUPLICATES_SKIPPED.labels(service=SERVICE, stage="count").inc()
+            return
+        state.book.record(event)
+        MESSAGES_HANDLED.labels(service=SERVICE, queue=queue.name).inc()
+
+    handle.__annotations__["event"] = model
+    handle.__name__ = f"on_{model.routing_key.replace('.', '_')}"
+    subscriber: Callable[[Callable[..., Awaitable[None]]], Any] = runtime.broker.subscriber(
+        queue, topology.events, title=f"{SERVICE}: {model.routing_key}"
+    )
+    subscriber(handle)
+

@@ -1,0 +1,1 @@
+"""WaFL prover service."""

@@ -1,0 +1,48 @@
+"""The prover as a FastStream app and a plain process (`wafl run prover`)."""
+
+from __future__ import annotations
+
+from faststream import FastStream
+
+from wafl.build import BuildError, build_circuit
+from wafl.logs import configure_logging, get_logger
+from wafl.observability import serve_metrics
+from wafl.service import StartupError, make_app, make_runtime, preflight
+from wafl.zk import ProverError, ZokratesWorker
+from wafl_prover.handlers import SERVICE, ProverState, register
+from wafl_prover.proving import JobProver
+from wafl_prover.settings import ProverSettings
+
+EXAMPLE = ProverSettings(org="example")
+SETTINGS = ProverSettings
+
+
+def create_app(settings: ProverSettings = EXAMPLE, state: ProverState | None = None) -> FastStream:
+    # SIGTERM: FastStream stops consuming and waits up to graceful_timeout for the job in hand,
+    # which is acknowledged only after its proof is published; an unfinished job is returned.
+    runtime = make_runtime(settings, SERVICE, graceful_timeout=settings.graceful_timeout)
+    register(runtime, state or ProverState(lease_seconds=settings.lease_seconds))
+    return make_app(runtime, "WaFL prover")
+
+
+async def serve(settings: ProverSettings) -> None:
+    configure_logging(SERVICE, settings.org, settings.log_level)
+    deployment, _ = await preflight(settings, chain=False)
+    cfg = deployment.model_config
+    try:
+        build = build_circuit(cfg)
+    except BuildError as exc:
+        raise StartupError(f"cannot build the circuit of {cfg.name}: {exc}") from None
+    worker = ZokratesWorker(build.directory)
+    try:
+        worker.start()
+    except ProverError as exc:
+        raise StartupError(f"the ZoKrates worker did not start: {exc}") from None
+    state = ProverState(JobProver(cfg, worker, settings.org, settings.proof_timeout), settings.lease_seconds)
+    app = create_app(settings, state)
+    port = serve_metrics(settings.metrics_port)
+    get_logger().info("service_started", metrics_port=port, config=cfg.name, constraints=build.constraints)
+    try:
+        await app.run()
+    finally:
+        worker.close()

@@ -1,0 +1,42 @@
+"""The prover's plain core: a ProverJob in, a ProofGenerated out, on a long-lived ZoKrates worker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from wafl.circuit import CircuitKind, witness_args
+from wafl.config import ModelConfig
+from wafl.fixedpoint import Weights
+from wafl.messages import ProofGenerated, ProverJob
+from wafl.packing import unpack
+from wafl.zk import ZokratesWorker
+
+
+class JobProver:
+    def __init__(self, cfg: ModelConfig, worker: ZokratesWorker, org: str, proof_timeout: float = 600.0) -> None:
+        self.cfg = cfg
+        self.worker = worker
+        self.org = org
+        self.proof_timeout = proof_timeout
+
+    def prove(self, job: ProverJob) -> ProofGenerated:
+        """Blocking. Raises wafl.zk.UnsatisfiedConstraintError when the job's data and weights do
+        not satisfy the circuit (the job can never be proven)."""
+        cfg = self.cfg
+        queued = (datetime.now(UTC) - job.trained_at).total_seconds()
+        global_model = Weights.from_flat(cfg, unpack(cfg, job.global_words))
+        update = Weights.from_flat(cfg, unpack(cfg, job.update_words))
+        args = witness_args(
+            cfg, CircuitKind.PACKED, global_model, update, job.x, job.y, int(job.participant, 16), job.round
+        )
+        result = self.worker.prove(args, timeout=self.proof_timeout)
+        return ProofGenerated(
+            org=self.org,
+            round=job.round,
+            participant=job.participant,
+            update_words=job.update_words,
+            proof=result.proof.as_uint256x8(),
+            proof_seconds=result.proof_seconds,
+            witness_seconds=result.witness_seconds,
+            queue_seconds=max(0.0, queued),
+        )

@@ -1,0 +1,41 @@
+"""The trainer as a FastStream app and a plain process (`wafl run trainer`)."""
+
+from __future__ import annotations
+
+from faststream import FastStream
+
+from wafl.data import load_org_data
+from wafl.logs import configure_logging, get_logger
+from wafl.observability import serve_metrics
+from wafl.service import StartupError, make_app, make_runtime, preflight
+from wafl_trainer.handlers import SERVICE, TrainerState, register
+from wafl_trainer.rounds import RoundTrainer
+from wafl_trainer.settings import TrainerSettings
+
+EXAMPLE = TrainerSettings(org="example", participant="0x" + "00" * 20)
+
+
+def create_app(settings: TrainerSettings = EXAMPLE, state: TrainerState | None = None) -> FastStream:
+    runtime = make_runtime(settings, SERVICE)
+    register(runtime, state or TrainerState())
+    return make_app(runtime, "WaFL trainer")
+
+
+async def serve(settings: TrainerSettings) -> None:
+    configure_logging(SERVICE, settings.org, settings.log_level)
+    # No chain access: rounds are checked against the chain_watcher's record in Redis.
+    deployment, _ = await preflight(settings, chain=False)
+    cfg = deployment.model_config
+    dataset = settings.dataset or cfg.dataset
+    if dataset is None:
+        raise StartupError(f"configuration {cfg.name} names no dataset: set WAFL_DATASET")
+    try:
+        data = load_org_data(cfg, dataset, settings.org_index, settings.org_count, settings.seed)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    state = TrainerState(RoundTrainer(cfg, data, settings.org, settings.participant))
+    app = create_app(settings, state)
+    port = serve_metrics(settings.metrics_port)
+    get_logger().info("service_started", metrics_port=port, config=cfg.name, samples=len(data.x_train))
+    await app.run()
+SETTINGS = TrainerSettings

@@ -1,0 +1,66 @@
+"""Trainer handlers: validate round.opened, train once per round, publish the job and summary."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from wafl.chainstate import classify_round
+from wafl.messages import ProverJob, RoundOpened, UpdateTrained
+from wafl.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
+from wafl.service import Runtime, run_once
+from wafl_trainer.rounds import RoundTrainer
+
+SERVICE = "trainer"
+log = structlog.get_logger()
+
+
+@dataclass
+class TrainerState:
+    """Set at start-up (create_app works without it, e.g. to render the AsyncAPI document)."""
+
+    trainer: RoundTrainer | None = None
+
+
+def register(runtime: Runtime, state: TrainerState) -> None:
+    topology = runtime.topology
+    broker = runtime.broker
+    jobs = broker.publisher(
+        topology.prover_jobs, schema=ProverJob, persist=True,
+        title="prover jobs", description="private work queue: the batch goes only to this organisation's provers",
+    )
+    trained_out = broker.publisher(
+        exchange=topology.events, routing_key=UpdateTrained.routing_key, schema=UpdateTrained, persist=True,
+        title=UpdateTrained.routing_key,
+    )
+
+    @broker.subscriber(
+        topology.service_queue(SERVICE, RoundOpened.routing_key), topology.events,
+        title=f"{SERVICE}: {RoundOpened.routing_key}",
+    )
+    async def on_round_opened(event: RoundOpened) -> None:
+        if state.trainer is None:
+            raise RuntimeError("trainer used before start-up")
+        structlog.contextvars.bind_contextvars(round=event.round, message_id=event.message_id)
+        if not await classify_round(runtime.redis, runtime.settings.org, event.round):
+            log.info("round_already_closed")
+            DUPLICATES_SKIPPED.labels(service=SERVICE, stage="stale_round").inc()
+            return
+        trainer = state.trainer
+
+        async def train_and_publish() -> None:
+            job, trained = await asyncio.to_thread(trainer.train, event.round, event.global_words)
+            await jobs.publish(job)
+            await trained_out.publish(trained)
+            log.info("round_trained", participant=trained.participant,
+                     train_seconds=round(trained.train_seconds, 4), loss=trained.loss)
+
+        # Marked done after publishing: a crash in between retrains the same deterministic update
+        # and the prover recognises the duplicate job.
+        if await run_once(runtime.redis, runtime.key("trained", event.round), train_and_publish):
+            MESSAGES_HANDLED.labels(service=SERVICE, queue=RoundOpened.routing_key).inc()
+        else:
+            log.info("round_already_trained")
+            DUPLICATES_SKIPPED.labels(service=SERVICE, stage="train").inc()

@@ -1,0 +1,61 @@
+"""The trainer's plain core: one round's training for one organisation, no broker involved."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+
+from wafl.config import ModelConfig
+from wafl.data import OrgData
+from wafl.fixedpoint import Weights
+from wafl.messages import ProverJob, UpdateTrained
+from wafl.packing import pack, unpack
+from wafl_trainer.core import TorchFixedPointTrainer
+
+
+class RoundTrainer:
+    def __init__(self, cfg: ModelConfig, data: OrgData, org: str, participant: str) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.org = org
+        self.participant = participant
+        self.trainer = TorchFixedPointTrainer(cfg)
+
+    def train(self, round_id: int, global_words: list[int]) -> tuple[ProverJob, UpdateTrained]:
+        """Train the round's batch from the global model: the private prover job and the public
+        summary. Deterministic in (round, global model), so a retrained round is identical."""
+        cfg = self.cfg
+        global_model = Weights.from_flat(cfg, unpack(cfg, global_words))
+        x, y = self.data.batch(cfg, round_id)
+        started = time.perf_counter()
+        update = self.trainer.step(global_model, x, y)
+        seconds = time.perf_counter() - started
+        update_words = pack(cfg, update.flat())
+        job = ProverJob(
+            org=self.org,
+            round=round_id,
+            participant=self.participant,
+            global_words=list(global_words),
+            update_words=update_words,
+            x=x.tolist(),
+            y=y.tolist(),
+            trained_at=datetime.now(UTC),
+        )
+        trained = UpdateTrained(
+            org=self.org,
+            round=round_id,
+            participant=self.participant,
+            update_words=update_words,
+            train_seconds=seconds,
+            loss=self.batch_loss(update, x, y),
+        )
+        return job, trained
+
+    def batch_loss(self, weights: Weights, x: np.ndarray, y: np.ndarray) -> float:
+        scale = float(1 << self.cfg.frac_bits)
+        w = np.asarray(weights.w, dtype=np.float64) / scale
+        b = np.asarray(weights.b, dtype=np.float64) / scale
+        outputs = (x / scale) @ w.T + b
+        return float(((outputs - y) ** 2).mean())

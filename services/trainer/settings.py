@@ -1,0 +1,15 @@
+"""Trainer settings (WAFL_* environment variables or a YAML file)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from wafl.settings import ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    participant: str = Field(pattern=r"^0x[0-9a-fA-F]{40}$", description="the organisation's submitting address")
+    dataset: str | None = Field(default=None, description="bundled dataset; default: the configuration's")
+    org_index: int = Field(default=0, ge=0)
+    org_count: int = Field(default=1, ge=1)
+    seed: int = 0

@@ -1,0 +1,160 @@
+"""A whole federation through the real brokers: 3 organisations, every service a separate OS
+process, 2 prover replicas in one organisation, 3 rounds; then faults, each with the round
+completing and nothing lost or done twice."""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+
+from wafl.build import build_circuit
+from wafl.config import load_config
+from wafl.data import evaluate, load_org_data
+from wafl.fixedpoint import Weights
+from wafl.localnet import Federation, close_vhost_connections, federation
+from wafl.packing import unpack
+
+CONFIG = "wine-13x3-b16"
+ROUND_TIMEOUT = 240.0
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text format -> {'name{labels}': value}."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def metric(samples: dict[str, float], name: str, **labels: str) -> float:
+    for key, value in samples.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            return value
+    return 0.0
+
+
+def wait_for_metric(port: int, name: str, at_least: float, timeout: float = 60.0, **labels: str) -> float:
+    deadline = time.monotonic() + timeout
+    value = 0.0
+    while time.monotonic() < deadline:
+        value = metric(scrape(port), name, **labels)
+        if value >= at_least:
+            return value
+        time.sleep(0.5)
+    return value
+
+
+def global_models_by_round(fed: Federation) -> dict[int, Weights]:
+    """The global model each round started from, from the chain's RoundOpened logs."""
+    logs = fed.aggregator.contract.events.RoundOpened().get_logs(from_block=fed.deployment.start_block)
+    cfg = fed.cfg
+    return {int(log["args"]["round"]): Weights.from_flat(cfg, unpack(cfg, [int(w) for w in log["args"]["globalWords"]]))
+            for log in logs}
+
+
+def accepted_per_round(fed: Federation) -> dict[int, list[str]]:
+    logs = fed.aggregator.contract.events.UpdateAccepted().get_logs(from_block=fed.deployment.start_block)
+    rounds: dict[int, list[str]] = {}
+    for log in logs:
+        rounds.setdefault(int(log["args"]["round"]), []).append(log["args"]["participant"])
+    return rounds
+
+
+def no_secret_anywhere(fed: Federation, extra_text: str = "") -> None:
+    texts = [p.log() for org in fed.orgs for p in org.processes] + [extra_text]
+    for org in fed.orgs:
+        key = org.account.key.hex().removeprefix("0x")
+        for text in texts:
+            assert key.lower() not in text.lower(), f"the private key of {org.name} leaked"
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    build_circuit(load_config(CONFIG))  # provers start faster with the circuit already built
+
+
+@pytest.mark.slow
+def test_three_organisations_three_rounds(built: None, tmp_path: Path) -> None:
+    cfg = load_config(CONFIG)
+    with federation(cfg, tmp_path, org_count=3) as fed:
+        fed.start_all(prover_replicas={fed.orgs[0].name: 2})
+        for round_id in (1, 2, 3):
+            fed.wait_for_round(round_id, ROUND_TIMEOUT)
+
+        # Every update accepted, exactly once per organisation and round.
+        accepted = accepted_per_round(fed)
+        members = sorted(o.account.address for o in fed.orgs)
+        for round_id in (1, 2, 3):
+            assert sorted(accepted[round_id]) == members
+
+        # Accuracy on held-out data rises over the rounds.
+        models = global_models_by_round(fed)
+        data = load_org_data(cfg, CONFIG.split("-")[0], 0, 3)
+        accuracy = {r: evaluate(cfg, np.asarray(m.w), np.asarray(m.b), data.x_test, data.y_test)[0]
+                    for r, m in sorted(models.items())}
+        assert accuracy[4] > accuracy[1] + 0.3, accuracy
+        assert accuracy[4] >= 0.8, accuracy
+
+        # Each organisation's metrics agree with the chain.
+        for org in fed.orgs:
+            port = org.metrics_port("metrics")
+            assert wait_for_metric(port, "wafl_rounds_finalized_total", 3) == 3
+            assert wait_for_metric(port, "wafl_updates_accepted_total", 9) == 9
+            samples = scrape(port)
+            assert metric(samples, "wafl_current_round") == 4
+            assert metric(samples, "wafl_global_model_accuracy") >= 0.5
+
+        # The pool of two provers in the first organisation shared its jobs or at least ran.
+        provers = [p for p in fed.orgs[0].processes if p.service == "prover"]
+        assert len(provers) == 2 and all(p.proc.poll() is None for p in provers)
+        no_secret_anywhere(fed)
+
+
+@pytest.mark.slow
+def test_rounds_complete_through_faults(built: None, tmp_path: Path) -> None:
+    """Broker connections dropped, a prover killed mid-proof, Redis flushed: rounds still
+    complete, each update accepted once."""
+    cfg = load_config(CONFIG)
+    with federation(cfg, tmp_path, org_count=2) as fed:
+        fed.start_all(prover_replicas={fed.orgs[0].name: 2})
+        fed.wait_for_round(1, ROUND_TIMEOUT)
+
+        # 1. All broker connections of the federation dropped mid-round: services reconnect.
+        assert close_vhost_connections(fed.vhost) >= 10
+        fed.wait_for_round(2, ROUND_TIMEOUT)
+
+        # 2. A prover killed with SIGKILL during a proof: the job is redelivered, proven once.
+        victim = next(p for p in fed.orgs[0].processes if p.service == "prover")
+        deadline = time.monotonic() + 60
+        while "proof_started" not in victim.log().split("round\": 3")[-1] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait()
+        victim.expected_exit = True  # type: ignore[attr-defined]
+        fed.wait_for_round(3, ROUND_TIMEOUT)
+
+        # 3. Redis flushed (it keeps nothing on disk here): progress is rebuilt from the chain,
+        # nothing is submitted twice.
+        for org in fed.orgs:
+            redis.Redis(host="127.0.0.1", port=6379, db=org.redis_db).flushdb()
+        fed.wait_for_round(4, ROUND_TIMEOUT)
+
+        accepted = accepted_per_round(fed)
+        members = sorted(o.account.address for o in fed.orgs)
+        for round_id in (1, 2, 3, 4):
+            assert sorted(accepted[round_id]) == members, accepted
+        no_secret_anywhere(fed)
+        assert re.search(r"proof_started", victim.log())

@@ -1,0 +1,188 @@
+"""Error handling of the prover worker client (wafl.zk.ZokratesWorker over circuits/worker.mjs).
+
+What the client does, and these tests hold it to:
+- a request the worker rejects (bad arguments, unsatisfied witness) is answered with an error
+  and the same Node process keeps serving;
+- a timeout kills the worker (a wasm proof cannot be interrupted); the next call starts a new one;
+- a worker that died between calls is restarted transparently by the next call, provided its
+  exit can already be waited for (``start`` polls the process); one that dies during a call (or
+  whose exit is not yet observable when the next call starts) makes that call raise
+  ProverCrashedError, and the call after it starts a new worker;
+- a build directory without its artifacts is refused before Node is started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wafl.build import CircuitBuild, build_circuit
+from wafl.circuit import CircuitKind, witness_args
+from wafl.config import load_config
+from wafl.fixedpoint import Weights, train_step
+from wafl.zk import (
+    ProverArgumentError,
+    ProverCrashedError,
+    ProverError,
+    ProverTimeoutError,
+    UnsatisfiedConstraintError,
+    ZokratesWorker,
+)
+
+CONFIG = "ref-9x6-b10"
+
+
+@pytest.fixture(scope="module")
+def build() -> CircuitBuild:
+    return build_circuit(load_config(CONFIG), CircuitKind.PACKED)
+
+
+@pytest.fixture(scope="module")
+def worker(build: CircuitBuild) -> Iterator[ZokratesWorker]:
+    with ZokratesWorker(build.directory) as started:
+        yield started
+
+
+@pytest.fixture
+def fresh_worker(build: CircuitBuild) -> Iterator[ZokratesWorker]:
+    """A worker of its own, for the tests that stop or kill it."""
+    with ZokratesWorker(build.directory) as started:
+        yield started
+
+
+def make_args(round_id: int) -> list[object]:
+    """Valid witness arguments: a small deterministic model and batch, stepped by the reference."""
+    cfg = load_config(CONFIG)
+    g = Weights.from_flat(cfg, [(7 * i) % 201 - 100 for i in range(cfg.n_weights)])
+    x = [[(13 * i + 5 * j) % 1001 - 500 for j in range(cfg.d_in)] for i in range(cfg.batch)]
+    y = [[int(k == i % cfg.d_out) for k in range(cfg.d_out)] for i in range(cfg.batch)]
+    update = train_step(cfg, g, x, y)
+    return witness_args(cfg, CircuitKind.PACKED, g, update, x, y, sender=0xC0FFEE, round_id=round_id)
+
+
+def wait_until_reapable(pid: int, timeout: float = 10.0) -> None:
+    """Until the killed child can be waited for (without reaping it): then ``Popen.poll`` sees it.
+
+    /proc showing a zombie is not enough: the leader of a multi-threaded process (node) turns
+    "Z" before its other threads are gone, and waitpid reports it only after they are.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not exit")
+
+
+# ---- one process, many jobs -------------------------------------------------------------------
+def test_one_process_proves_several_jobs(worker: ZokratesWorker) -> None:
+    pid = worker.pid
+    assert pid is not None and worker.ping()["pid"] == pid
+    for round_id in (1, 2, 3):
+        result = worker.prove(make_args(round_id))
+        assert result.inputs[load_config(CONFIG).n_words] == round_id
+        assert worker.verify(result.proof, result.inputs)
+        assert worker.pid == pid
+    assert worker.ping()["pid"] == pid
+
+
+# ---- rejected requests keep the worker -----------------------------------------------------------
+def _replace(index: int, value: object) -> list[object]:
+    args = make_args(1)
+    args[index] = value
+    return args
+
+
+BAD_ARGUMENTS = [
+    pytest.param(make_args(1)[:5], ProverArgumentError, "Expected 8 inputs, found 5", id="too-few-inputs"),
+    pytest.param(_replace(5, ["0"] * 5), ProverArgumentError, "Expected array of size 6", id="short-array"),
+    pytest.param(_replace(4, "0"), ProverArgumentError, "Type error", id="scalar-for-matrix"),
+    pytest.param(_replace(1, "1.5"), ProverArgumentError, "Could not parse `1.5`", id="not-a-field"),
+    pytest.param(_replace(1, "-1"), ProverArgumentError, "Could not parse `-1`", id="negative-string"),
+    pytest.param({"round": "1"}, ProverArgumentError, "prove needs an args array", id="not-a-list"),
+    pytest.param(_replace(1, str(1 << 64)), UnsatisfiedConstraintError, "Execution failed", id="unsatisfied"),
+    pytest.param(_replace(1, 1), ProverArgumentError, "isn't allowed", id="number-not-string"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "message"), BAD_ARGUMENTS)
+def test_rejected_request_keeps_the_worker(
+    worker: ZokratesWorker, args: list[object], error: type[ProverError], message: str
+) -> None:
+    pid = worker.pid
+    with pytest.raises(ProverError) as raised:
+        worker.prove(args)  # type: ignore[arg-type]
+    assert message in str(raised.value)
+    assert isinstance(raised.value, error), f"{type(raised.value).__name__}: {raised.value}"
+    assert worker.ping()["pid"] == pid == worker.pid
+
+
+def test_unknown_method_keeps_the_worker(worker: ZokratesWorker) -> None:
+    pid = worker.pid
+    with pytest.raises(ProverArgumentError, match="unknown method"):
+        worker._call("train", None, 10.0)
+    with pytest.raises(ProverArgumentError, match="verify needs"):
+        worker._call("verify", {"inputs": []}, 10.0)
+    assert worker.ping()["pid"] == pid
+
+
+# ---- timeouts and crashes ------------------------------------------------------------------------
+def test_timeout_stops_the_worker_and_the_next_call_starts_another(fresh_worker: ZokratesWorker) -> None:
+    old = fresh_worker.pid
+    assert old is not None
+    with pytest.raises(ProverTimeoutError, match="no answer"):
+        fresh_worker.prove(make_args(1), timeout=0.001)
+    assert fresh_worker.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(old, 0)  # killed and reaped
+    result = fresh_worker.prove(make_args(2))
+    assert fresh_worker.pid not in (None, old)
+    assert fresh_worker.verify(result.proof, result.inputs)
+
+
+def test_worker_killed_between_calls_is_restarted(fresh_worker: ZokratesWorker) -> None:
+    old = fresh_worker.pid
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_until_reapable(old)
+    assert fresh_worker.ping()["pid"] == fresh_worker.pid != old
+
+
+def test_worker_killed_during_a_call_raises_crashed(fresh_worker: ZokratesWorker) -> None:
+    old = fresh_worker.pid
+    assert old is not None
+    killer = threading.Timer(0.5, os.kill, (old, signal.SIGKILL))  # a proof takes ~2 s
+    killer.start()
+    try:
+        with pytest.raises(ProverCrashedError, match="exited"):
+            fresh_worker.prove(make_args(1))
+    finally:
+        killer.cancel()
+    assert fresh_worker.pid is None
+    assert fresh_worker.ping()["pid"] == fresh_worker.pid != old
+
+
+# ---- incomplete builds ---------------------------------------------------------------------------
+def test_build_without_program_is_refused(build: CircuitBuild, tmp_path: Path) -> None:
+    for name in ("pk.bin", "abi.json", "vk.json"):
+        shutil.copy(build.directory / name, tmp_path / name)
+    worker = ZokratesWorker(tmp_path)
+    with pytest.raises(ProverError, match=r"has no program\.bin"), worker:
+        pass
+    assert worker.pid is None
+
+
+def test_build_without_verification_key_fails_to_start(build: CircuitBuild, tmp_path: Path) -> None:
+    for name in ("program.bin", "pk.bin", "abi.json"):
+        (tmp_path / name).symlink_to(build.directory / name)
+    worker = ZokratesWorker(tmp_path)
+    with pytest.raises(ProverCrashedError, match=r"failed to start.*vk\.json"), worker:
+        pass
+    assert worker.pid is None

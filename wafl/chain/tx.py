@@ -1,0 +1,118 @@
+"""Signed transactions and revert decoding: every revert surfaces as its custom error's name."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eth_abi.abi import decode as abi_decode
+from eth_account.signers.local import LocalAccount
+from eth_utils.abi import function_signature_to_4byte_selector
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.contract.contract import ContractConstructor, ContractFunction
+from web3.exceptions import ContractLogicError
+from web3.types import Nonce, TxParams, TxReceipt, Wei
+
+_BUILTIN = {
+    "08c379a0": ("Error", ["string"]),
+    "4e487b71": ("Panic", ["uint256"]),
+}
+
+
+class ContractRevertError(RuntimeError):
+    """A transaction or call reverted; ``name`` is the custom error (or Error / Panic)."""
+
+    def __init__(self, name: str, args: Sequence[Any], data: str) -> None:
+        self.name = name
+        self.args_ = tuple(args)
+        self.data = data
+        shown = ", ".join(repr(a) for a in self.args_)
+        super().__init__(f"reverted with {name}({shown})")
+
+
+class ErrorDecoder:
+    """Maps revert data to the custom errors of one or more ABIs."""
+
+    def __init__(self, *abis: Sequence[dict[str, Any]]) -> None:
+        self._errors: dict[str, tuple[str, list[str]]] = dict(_BUILTIN)
+        for abi in abis:
+            for item in abi:
+                if item.get("type") != "error":
+                    continue
+                types = [_abi_type(i) for i in item.get("inputs", [])]
+                signature = f"{item['name']}({','.join(types)})"
+                selector = function_signature_to_4byte_selector(signature).hex()
+                self._errors[selector] = (item["name"], types)
+
+    def decode(self, data: str | bytes | None) -> ContractRevertError:
+        raw = HexBytes(data or b"")
+        if len(raw) < 4:
+            return ContractRevertError("UnknownRevert", [], raw.to_0x_hex())
+        name, types = self._errors.get(raw[:4].hex(), ("UnknownError", []))
+        try:
+            args = [
+                Web3.to_checksum_address(v) if t == "address" else v
+                for t, v in zip(types, abi_decode(types, raw[4:]), strict=True)
+            ]
+        except Exception:  # malformed payload: keep the name, drop the arguments
+            args = []
+        return ContractRevertError(name, args, raw.to_0x_hex())
+
+    def from_exception(self, exc: ContractLogicError) -> ContractRevertError:
+        data = exc.data if isinstance(exc.data, str | bytes) else None
+        return self.decode(data)
+
+
+def _abi_type(item: dict[str, Any]) -> str:
+    if item["type"].startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in item["components"])
+        return f"({inner}){item['type'][5:]}"
+    return str(item["type"])
+
+
+def send(
+    w3: Web3,
+    account: LocalAccount,
+    call: ContractFunction | ContractConstructor | TxParams,
+    decoder: ErrorDecoder,
+    *,
+    gas: int | None = None,
+    nonce: int | None = None,
+    timeout: float = 120.0,
+) -> TxReceipt:
+    """Build, sign locally, send and wait; a revert raises ContractRevertError."""
+    params: TxParams = {
+        "from": account.address,
+        "chainId": w3.eth.chain_id,
+        "nonce": Nonce(nonce) if nonce is not None else w3.eth.get_transaction_count(account.address, "pending"),
+    }
+    if gas is not None:
+        params["gas"] = gas
+    try:
+        if isinstance(call, dict):
+            tx: TxParams = {**params, **call}
+            if "gas" not in tx:
+                tx["gas"] = w3.eth.estimate_gas(tx)
+            tx.setdefault("maxFeePerGas", Wei(w3.eth.gas_price * 2))
+            tx.setdefault("maxPriorityFeePerGas", w3.eth.max_priority_fee)
+        else:
+            tx = call.build_transaction(params)
+    except ContractLogicError as exc:
+        raise decoder.from_exception(exc) from None
+    signed = account.sign_transaction(tx)  # type: ignore[arg-type]
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)
+    if receipt["status"] != 1:
+        raise replay_revert(w3, tx, receipt, decoder)
+    return receipt
+
+
+def replay_revert(w3: Web3, tx: TxParams, receipt: TxReceipt, decoder: ErrorDecoder) -> ContractRevertError:
+    """A mined transaction failed: replay it as a call at its block to learn why."""
+    call: TxParams = {k: v for k, v in tx.items() if k in ("from", "to", "data", "value", "gas")}  # type: ignore[assignment]
+    try:
+        w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)
+    except ContractLogicError as exc:
+        return decoder.from_exception(exc)
+    return ContractRevertError("RevertedWithoutReason", [], "0x")

@@ -1,0 +1,263 @@
+"""The `wafl` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from wafl.config import ConfigError, load_config, named_configs
+
+
+def _configs(names: Sequence[str] | None) -> list[str]:
+    return list(names) if names else named_configs()
+
+
+def cmd_configs(args: argparse.Namespace) -> int:
+    for name in named_configs():
+        cfg = load_config(name)
+        print(
+            f"{name}: {cfg.d_in}x{cfg.d_out}, batch {cfg.batch}, F={cfg.frac_bits}, "
+            f"lanes {cfg.weight_bits}+{cfg.headroom_bits} bits x {cfg.lanes_per_word}/word, "
+            f"{cfg.n_words} words, {cfg.public_inputs} public inputs"
+        )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from wafl.build import build_circuit, generated_verifier_path, write_generated_verifier
+    from wafl.chain.compile import compile_contracts
+    from wafl.circuit import CircuitKind
+
+    for name in _configs(args.config):
+        cfg = load_config(name)
+        build = build_circuit(cfg, CircuitKind.PACKED)
+        changed = write_generated_verifier(build)
+        compiled = compile_contracts(generated_verifier_path(cfg))
+        sizes = {n: c["deployed_size"] for n, c in compiled["contracts"].items()}
+        line = {"config": name, "constraints": build.constraints, "verifier_changed": changed, "bytes": sizes}
+        if args.naive:
+            line["naive_constraints"] = build_circuit(cfg, CircuitKind.NAIVE).constraints
+        print(json.dumps(line), flush=True)
+    return 0
+
+
+def _read_secret(env: str, file_arg: str | None, what: str) -> str:
+    if file_arg:
+        try:
+            return Path(file_arg).read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"cannot read the {what} file {file_arg}: {exc.strerror}") from None
+    value = os.environ.get(env)
+    if not value:
+        raise SystemExit(f"no {what}: pass a key file or set {env}")
+    return value.strip()
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from eth_account import Account
+    from web3 import HTTPProvider, Web3
+
+    from wafl.chain.deploy import deploy
+
+    cfg = load_config(args.config)
+    key = _read_secret("WAFL_DEPLOYER_KEY", args.key_file, "deployer key")
+    try:
+        deployer = Account.from_key(key)
+    except (ValueError, TypeError):
+        raise SystemExit("the deployer key is not a valid private key") from None
+    w3 = Web3(HTTPProvider(args.rpc_url))
+    if not w3.is_connected():
+        raise SystemExit(f"no Ethereum node answers at {args.rpc_url}")
+    participants = [p for p in (args.participants or "").split(",") if p]
+    deployment = deploy(
+        w3, deployer, cfg, quorum=args.quorum, round_duration=args.round_duration, participants=participants
+    )
+    deployment.save(Path(args.out))
+    print(json.dumps({"address": deployment.address, "start_block": deployment.start_block, "out": args.out}))
+    return 0
+
+
+def cmd_bench_gas(args: argparse.Namespace) -> int:
+    from wafl.bench_gas import BenchOptions, bench_config
+
+    options = BenchOptions(participants=args.participants, rounds=args.rounds)
+    for name in _configs(args.config):
+        row = bench_config(load_config(name), options)
+        if args.json:
+            print(json.dumps(row), flush=True)
+        else:
+            print(f"{name}:")
+            for key, value in row.items():
+                print(f"  {key:36} {value}")
+    return 0
+
+
+SERVICES = ("trainer", "prover", "submitter", "chain_watcher", "metrics")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one service as a plain process: settings validated, start-up checks, then consume."""
+    import asyncio
+    import importlib
+
+    from wafl.service import StartupError
+    from wafl.settings import SettingsError, load_settings
+
+    module = importlib.import_module(f"wafl_{args.service}.app")
+    try:
+        settings = load_settings(module.SETTINGS, Path(args.settings) if args.settings else None)
+        asyncio.run(module.serve(settings))
+    except (SettingsError, StartupError) as exc:
+        print(f"wafl {args.service}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from wafl.secrets import register_url, safe_url
+    from wafl.tail import tail
+
+    url = args.amqp_url or os.environ.get("WAFL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    org = args.org or os.environ.get("WAFL_ORG")
+    if not org:
+        print("wafl tail: which organisation? pass --org or set WAFL_ORG", file=sys.stderr)
+        return 2
+    register_url(url)
+    try:
+        asyncio.run(tail(url, org, args.pattern, raw=args.json, dead_letters=args.dead_letters, count=args.count,
+                         echo=lambda line: print(line, flush=True)))
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(f"wafl tail: cannot reach RabbitMQ at {safe_url(url)}: {exc.__class__.__name__}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_grafana_push(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from wafl.paths import PROJECT_ROOT
+
+    token = os.environ.get("GRAFANA_TOKEN", "")
+    if not token:
+        print("wafl grafana push: set GRAFANA_TOKEN (a Grafana service-account token)", file=sys.stderr)
+        return 2
+    path = PROJECT_ROOT / "deploy" / "grafana" / "push.py"
+    spec = importlib.util.spec_from_file_location("wafl_grafana_push", path)
+    if spec is None or spec.loader is None:
+        print(f"wafl grafana push: {path} is missing", file=sys.stderr)
+        return 2
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.push(args.url, token)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from wafl.demo import run_demo
+
+    run_demo(load_config(args.config), orgs=args.orgs, rounds=args.rounds, seed=args.seed)
+    return 0
+
+
+def cmd_bench_pipeline(args: argparse.Namespace) -> int:
+    from wafl.bench_pipeline import bench_pipeline
+
+    row = bench_pipeline(load_config(args.config), orgs=args.orgs, rounds=args.rounds, jobs=args.jobs)
+    if args.json:
+        print(json.dumps(row), flush=True)
+    else:
+        for key, value in row.items():
+            print(f"  {key:32} {value}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="wafl", description="Web3-accelerated federated learning")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("configs", help="list the bundled model configurations")
+    p.set_defaults(func=cmd_configs)
+
+    p = sub.add_parser("build", help="build circuits, regenerate the committed verifiers, compile contracts")
+    p.add_argument("--config", action="append", help="configuration name (repeatable; default all)")
+    p.add_argument("--naive", action="store_true", help="also build the naive benchmark circuit")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("deploy", help="deploy verifier + aggregator and write the artifact file")
+    p.add_argument("--config", required=True)
+    p.add_argument("--rpc-url", required=True)
+    p.add_argument("--key-file", help="file holding the deployer's private key (else $WAFL_DEPLOYER_KEY)")
+    p.add_argument("--participants", help="comma-separated participant addresses to register")
+    p.add_argument("--quorum", type=int, required=True)
+    p.add_argument("--round-duration", type=int, default=3600, help="seconds")
+    p.add_argument("--out", required=True, help="artifact path (ABI, address, start block, config)")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("run", help="run one service as a plain process")
+    p.add_argument("service", choices=SERVICES)
+    p.add_argument("--settings", help="YAML settings file (WAFL_* environment variables also apply)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tail", help="print an organisation's events (or dead letters) as they pass")
+    p.add_argument("pattern", nargs="?", default="#", help="routing pattern, e.g. 'round.*' or 'update.#'")
+    p.add_argument("--org", help="organisation id (else $WAFL_ORG)")
+    p.add_argument("--amqp-url", help="broker URL (else $WAFL_AMQP_URL, else the local default)")
+    p.add_argument("--json", action="store_true", help="print raw events as JSON lines")
+    p.add_argument("--dead-letters", action="store_true", help="tail the dead-letter exchange, with reasons")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.set_defaults(func=cmd_tail)
+
+    grafana = sub.add_parser("grafana", help="Grafana dashboards").add_subparsers(dest="grafana", required=True)
+    p = grafana.add_parser("push", help="upload the datasource and dashboards with grafana-client")
+    p.add_argument("--url", required=True, help="Grafana base URL; the token comes from $GRAFANA_TOKEN")
+    p.set_defaults(func=cmd_grafana_push)
+
+    p = sub.add_parser("demo", help="a local federation in one process: anvil, real proofs, accuracy")
+    p.add_argument("--config", default="wine-13x3-b16")
+    p.add_argument("--orgs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks that print their figures").add_subparsers(
+        dest="bench", required=True
+    )
+    p = bench.add_parser("gas", help="constraints, proof seconds and gas per configuration vs naive")
+    p.add_argument("--config", action="append", help="configuration name (repeatable; default all)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--participants", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
+    p.set_defaults(func=cmd_bench_gas)
+
+    p = bench.add_parser("pipeline", help="round latency split and prover-pool throughput (1 vs 2 replicas)")
+    p.add_argument("--config", default="wine-13x3-b16")
+    p.add_argument("--orgs", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=8, help="prover jobs for the throughput measurement")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench_pipeline)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"wafl: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Message schemas: one pydantic model per topic, all encoding in one place (DESIGN section 5).
+
+Every message carries a schema version, a message id, the organisation and the time it was
+emitted. Large integers (packed words, proof coordinates) travel as decimal strings so that no
+JSON consumer rounds them. ProverJob carries private training data: it is published only to
+the organisation's prover work queue, never to the public topic exchange.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+SCHEMA_VERSION = 1
+
+
+def _parse_big_int(value: Any) -> Any:
+    if isinstance(value, str):
+        if not value.isdigit():
+            raise ValueError("expected a non-negative decimal integer string")
+        return int(value)
+    return value
+
+
+BigInt = Annotated[int, BeforeValidator(_parse_big_int), PlainSerializer(str, return_type=str), Field(ge=0)]
+"""A non-negative integer of any size, as a decimal string on the wire."""
+
+Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
+TxHash = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$")]
+RoundId = Annotated[int, Field(ge=1, lt=1 << 64)]
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Message(BaseModel):
+    """Common envelope of every WaFL message."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    routing_key: ClassVar[str]
+
+    schema_version: Literal[1] = 1
+    message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=64)
+    org: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    emitted_at: datetime = Field(default_factory=utc_now)
+
+
+class ChainEvent(Message):
+    """Emitted by chain_watcher for a confirmed contract log."""
+
+    block_number: int = Field(ge=0)
+    block_hash: TxHash
+    tx_hash: TxHash
+    log_index: int = Field(ge=0)
+
+
+class RoundOpened(ChainEvent):
+    routing_key: ClassVar[str] = "round.opened"
+    round: RoundId
+    deadline: int = Field(ge=0, description="unix seconds; updates are accepted before it")
+    global_words: list[BigInt]
+
+
+class UpdateAccepted(ChainEvent):
+    routing_key: ClassVar[str] = "update.accepted"
+    round: RoundId
+    participant: Address
+    accepted: int = Field(ge=1)
+
+
+class RoundFinalized(ChainEvent):
+    routing_key: ClassVar[str] = "round.finalized"
+    round: RoundId
+    accepted: int = Field(ge=0)
+    global_words: list[BigInt] = Field(description="the averaged model the round produced")
+
+
+class RoundDeadline(Message):
+    """The round's deadline has passed on chain and it is not finalised yet."""
+
+    routing_key: ClassVar[str] = "round.deadline"
+    round: RoundId
+    deadline: int = Field(ge=0)
+
+
+class UpdateTrained(Message):
+    """Public part of a trained update (no data)."""
+
+    routing_key: ClassVar[str] = "update.trained"
+    round: RoundId
+    participant: Address
+    update_words: list[BigInt]
+    train_seconds: float = Field(ge=0)
+    loss: float | None = None
+
+
+class ProverJob(Message):
+    """Private: the training batch goes only to the organisation's own provers."""
+
+    routing_key: ClassVar[str] = "prover.job"
+    round: RoundId
+    participant: Address
+    global_words: list[BigInt]
+    update_words: list[BigInt]
+    x: list[list[int]]
+    y: list[list[int]]
+    trained_at: datetime
+
+
+class ProofGenerated(Message):
+    routing_key: ClassVar[str] = "proof.generated"
+    round: RoundId
+    participant: Address
+    update_words: list[BigInt]
+    proof: list[BigInt] = Field(min_length=8, max_length=8)
+    proof_seconds: float = Field(ge=0)
+    witness_seconds: float = Field(ge=0)
+    queue_seconds: float = Field(ge=0, description="time the job waited for a prover")
+
+
+class UpdateSubmitted(Message):
+    routing_key: ClassVar[str] = "update.submitted"
+    round: RoundId
+    participant: Address
+    tx_hash: TxHash
+    block_number: int = Field(ge=0)
+    gas_used: int = Field(ge=0)
+    submit_seconds: float = Field(ge=0)
+
+
+class UpdateFailed(Message):
+    routing_key: ClassVar[str] = "update.failed"
+    round: RoundId
+    participant: Address
+    reason: str = Field(description="custom error name (Wafl__...) or a failure kind")
+    detail: str = ""
+
+
+class RoundFinalizeSent(Message):
+    """The submitter closed a round after its deadline."""
+
+    routing_key: ClassVar[str] = "round.finalize_sent"
+    round: RoundId
+    tx_hash: TxHash
+    gas_used: int = Field(ge=0)
+
+
+PUBLIC_MESSAGES: tuple[type[Message], ...] = (
+    RoundOpened,
+    UpdateAccepted,
+    RoundFinalized,
+    RoundDeadline,
+    UpdateTrained,
+    ProofGenerated,
+    UpdateSubmitted,
+    UpdateFailed,
+    RoundFinalizeSent,
+)
+BY_ROUTING_KEY: dict[str, type[Message]] = {m.routing_key: m for m in PUBLIC_MESSAGES}
+
+
+def encode(message: Message) -> bytes:
+    return message.model_dump_json().encode()

@@ -1,0 +1,216 @@
+"""What every WaFL service shares at run time: the broker (dead-letter and Prometheus
+middlewares), the topology declared once, start-up checks, Redis state and idempotency keys."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aio_pika
+import redis.asyncio as aioredis
+from faststream import FastStream
+from faststream.middlewares import AckPolicy
+from faststream.rabbit import RabbitBroker
+from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+from faststream.specification import AsyncAPI
+from prometheus_client import REGISTRY
+from web3 import HTTPProvider, Web3
+
+from wafl.chain.deploy import Deployment
+from wafl.deadletter import BrokerRef, dead_letter_middleware
+from wafl.secrets import safe_url
+from wafl.settings import ServiceSettings
+from wafl.topology import Topology
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says what is wrong and how to fix it."""
+
+
+@dataclass
+class Runtime:
+    """A service's connections, built from its settings."""
+
+    service: str
+    settings: ServiceSettings
+    topology: Topology
+    broker: RabbitBroker
+    redis: aioredis.Redis = field(repr=False)
+
+    def key(self, *parts: object) -> str:
+        """A Redis key private to this organisation and service."""
+        return ":".join(["wafl", self.settings.org, self.service, *(str(p) for p in parts)])
+
+
+def make_broker(settings: ServiceSettings, service: str, graceful_timeout: float = 30.0) -> RabbitBroker:
+    topology = Topology(settings.org)
+    ref = BrokerRef()
+    broker = RabbitBroker(
+        settings.amqp_url.get_secret_value(),
+        middlewares=[
+            dead_letter_middleware(topology, service, ref),
+            RabbitPrometheusMiddleware(registry=REGISTRY, app_name=service, metrics_prefix="faststream"),
+        ],
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        graceful_timeout=graceful_timeout,
+        logger=None,
+        description=f"WaFL {service} of organisation {settings.org}",
+    )
+    ref.broker = broker
+    return broker
+
+
+def make_runtime(settings: ServiceSettings, service: str, graceful_timeout: float = 30.0) -> Runtime:
+    return Runtime(
+        service=service,
+        settings=settings,
+        topology=Topology(settings.org),
+        broker=make_broker(settings, service, graceful_timeout),
+        redis=aioredis.Redis.from_url(settings.redis_url.get_secret_value(), decode_responses=True),
+    )
+
+
+def make_app(runtime: Runtime, title: str) -> FastStream:
+    app = FastStream(
+        runtime.broker,
+        logger=None,
+        specification=AsyncAPI(title=title, version="1.0.0", description=f"WaFL {runtime.service}"),
+    )
+
+    @app.after_startup
+    async def _declare() -> None:
+        await declare_topology(runtime.broker, runtime.topology)
+
+    @app.after_shutdown
+    async def _close() -> None:
+        await runtime.redis.aclose()
+
+    return app
+
+
+async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
+    """Exchanges, dead-letter queue and prover work queue (consumer queues are declared by
+    their subscribers)."""
+    events = await broker.declare_exchange(topology.events)
+    del events
+    dlx = await broker.declare_exchange(topology.dead_letter_exchange)
+    dead_letters = await broker.declare_queue(topology.dead_letters)
+    await dead_letters.bind(dlx)
+    await broker.declare_queue(topology.prover_jobs)
+
+
+# ---- start-up checks ------------------------------------------------------------------------
+
+
+def load_deployment(settings: ServiceSettings) -> Deployment:
+    try:
+        return Deployment.load(settings.deployment)
+    except FileNotFoundError as exc:
+        raise StartupError(f"{exc} (WAFL_DEPLOYMENT)") from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StartupError(f"deployment artifact {settings.deployment} is not valid: {exc}") from None
+
+
+def check_chain(settings: ServiceSettings, deployment: Deployment) -> Web3:
+    w3 = Web3(HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 10}))
+    try:
+        chain_id = w3.eth.chain_id
+    except Exception as exc:
+        raise StartupError(f"no Ethereum node answers at {safe_url(settings.rpc_url)} (WAFL_RPC_URL): {exc}") from None
+    if chain_id != deployment.chain_id:
+        raise StartupError(
+            f"the node at {safe_url(settings.rpc_url)} is chain {chain_id}, the deployment is on chain "
+            f"{deployment.chain_id}"
+        )
+    if not w3.eth.get_code(Web3.to_checksum_address(deployment.address)):
+        raise StartupError(
+            f"no contract code at {deployment.address} on {safe_url(settings.rpc_url)}: wrong WAFL_DEPLOYMENT "
+            "artifact or a reset chain"
+        )
+    return w3
+
+
+async def check_broker(settings: ServiceSettings, timeout: float = 5.0) -> None:
+    url = settings.amqp_url.get_secret_value()
+    try:
+        connection = await asyncio.wait_for(aio_pika.connect(url), timeout)
+    except Exception as exc:
+        raise StartupError(f"cannot reach RabbitMQ at {safe_url(url)} (WAFL_AMQP_URL): {type(exc).__name__}") from None
+    await connection.close()
+
+
+async def check_redis(settings: ServiceSettings, timeout: float = 5.0) -> None:
+    url = settings.redis_url.get_secret_value()
+    client: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=timeout)
+    try:
+        await cast(Awaitable[bool], client.ping())
+    except Exception as exc:
+        raise StartupError(f"cannot reach Redis at {safe_url(url)} (WAFL_REDIS_URL): {type(exc).__name__}") from None
+    finally:
+        await client.aclose()
+
+
+async def preflight(settings: ServiceSettings, *, chain: bool = True) -> tuple[Deployment, Web3 | None]:
+    """Every check a service needs before it consumes anything; StartupError on the first failure."""
+    deployment = load_deployment(settings)
+    w3 = await asyncio.to_thread(check_chain, settings, deployment) if chain else None
+    await check_broker(settings)
+    await check_redis(settings)
+    return deployment, w3
+
+
+async def claim_once(redis: aioredis.Redis, key: str, value: str, ttl_seconds: int | None = None) -> bool:
+    """True the first time ``key`` is claimed; False for a duplicate."""
+    return bool(await redis.set(key, value, nx=True, ex=ttl_seconds))
+
+
+DONE = "done"
+
+
+async def run_once(
+    redis: aioredis.Redis,
+    key: str,
+    work: Callable[[], Awaitable[None]],
+    *,
+    lease_seconds: int = 30,
+    poll_seconds: float = 0.2,
+) -> bool:
+    """Run ``work`` once per key across redeliveries, concurrent consumers and replicas.
+
+    The key holds a lease while the work runs (renewed by a heartbeat, so a long proof keeps
+    it) and "done" afterwards. A duplicate arriving meanwhile waits: when the holder finishes it
+    returns False; when the holder died, its lease expires and the duplicate does the work.
+    A failure releases the lease so that a redelivery can retry.
+    """
+    token = uuid.uuid4().hex
+    while True:
+        if await redis.set(key, token, nx=True, ex=lease_seconds):
+            break
+        value = await redis.get(key)
+        if value == DONE:
+            return False
+        await asyncio.sleep(poll_seconds)
+
+    async def heartbeat() -> None:
+        while True:
+            await asyncio.sleep(lease_seconds / 3)
+            await redis.set(key, token, xx=True, ex=lease_seconds)
+
+    beat = asyncio.create_task(heartbeat())
+    try:
+        await work()
+    except BaseException:
+        beat.cancel()
+        if await redis.get(key) == token:
+            await redis.delete(key)
+        raise
+    beat.cancel()
+    await redis.set(key, DONE)
+    return True
+
+
+def json_default(value: Any) -> Any:
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
