@@ -24,8 +24,9 @@ def test_asyncapi_document_is_up_to_date(service: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     committed = DOCS / f"{service}.yaml"
     assert committed.exists(), f"{committed} is missing: run `make docs` and commit it"
-    assert committed.read_text() == out.read_text(), f"{committed} is stale: run `make docs` and commit it"
     spec = yaml.safe_load(committed.read_text())
+    # Compared as parsed documents: FastStream orders some subscribers differently run to run.
+    assert spec == yaml.safe_load(out.read_text()), f"{committed} is stale: run `make docs` and commit it"
     # Every channel carries a message whose payload is one of our pydantic schemas.
     assert spec["channels"], "no channels documented"
     schemas = spec["components"]["schemas"]

@@ -32,35 +32,54 @@ class MetricsBook:
         self.cfg = cfg
         self.data = data
 
-        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-            return Counter(name, doc, labels, registry=registry)
-
-        self.rounds_opened = counter("wafl_rounds_opened", "Rounds opened on chain.")
-        self.rounds_finalized = counter("wafl_rounds_finalized", "Rounds finalised on chain.")
-        self.deadlines = counter("wafl_round_deadlines", "Rounds whose deadline passed before their quorum.")
-        self.updates_accepted = counter("wafl_updates_accepted", "Updates accepted on chain (all participants).")
-        self.updates_trained = counter("wafl_updates_trained", "Updates this organisation trained.")
-        self.proofs = counter("wafl_proofs_generated", "Proofs this organisation generated.")
-        self.updates_submitted = counter("wafl_updates_submitted", "Updates this organisation submitted.")
-        self.updates_failed = counter("wafl_updates_failed", "Updates this organisation failed to submit.", ("reason",))
-        self.finalize_sent = counter("wafl_finalize_sent", "finalizeRound transactions this organisation sent.")
-        self.proof_seconds = Histogram("wafl_proof_duration_seconds", "Witness + proof time.", buckets=SECONDS,
-                                       registry=registry)
-        self.train_seconds = Histogram("wafl_train_duration_seconds", "Training time of a round's step.",
-                                       buckets=SECONDS, registry=registry)
-        self.queue_seconds = Histogram("wafl_proof_queue_seconds", "Time a prover job waited for a prover.",
-                                       buckets=SECONDS, registry=registry)
-        self.submit_seconds = Histogram("wafl_submit_duration_seconds", "Signing to receipt of a submission.",
-                                        buckets=SECONDS, registry=registry)
-        self.gas = Histogram("wafl_tx_gas_used", "Gas used by this organisation's transactions.", ("kind",),
-                             buckets=GAS, registry=registry)
+        self.rounds_opened = Counter("wafl_rounds_opened", "Rounds opened on chain.", registry=registry)
+        self.rounds_finalized = Counter("wafl_rounds_finalized", "Rounds finalised on chain.", registry=registry)
+        self.deadlines = Counter(
+            "wafl_round_deadlines", "Rounds whose deadline passed before their quorum.", registry=registry
+        )
+        self.updates_accepted = Counter(
+            "wafl_updates_accepted", "Updates accepted on chain (all participants).", registry=registry
+        )
+        self.updates_trained = Counter("wafl_updates_trained", "Updates this organisation trained.", registry=registry)
+        self.proofs = Counter("wafl_proofs_generated", "Proofs this organisation generated.", registry=registry)
+        self.updates_submitted = Counter(
+            "wafl_updates_submitted", "Updates this organisation submitted.", registry=registry
+        )
+        self.updates_failed = Counter(
+            "wafl_updates_failed", "Updates this organisation failed to submit.", ("reason",), registry=registry
+        )
+        self.finalize_sent = Counter(
+            "wafl_finalize_sent", "finalizeRound transactions this organisation sent.", registry=registry
+        )
+        self.proof_seconds = Histogram(
+            "wafl_proof_duration_seconds", "Witness + proof time.", buckets=SECONDS, registry=registry
+        )
+        self.train_seconds = Histogram(
+            "wafl_train_duration_seconds", "Training time of a round's step.", buckets=SECONDS, registry=registry
+        )
+        self.queue_seconds = Histogram(
+            "wafl_proof_queue_seconds", "Time a prover job waited for a prover.", buckets=SECONDS, registry=registry
+        )
+        self.submit_seconds = Histogram(
+            "wafl_submit_duration_seconds", "Signing to receipt of a submission.", buckets=SECONDS, registry=registry
+        )
+        self.gas = Histogram(
+            "wafl_tx_gas_used",
+            "Gas used by this organisation's transactions.",
+            ("kind",),
+            buckets=GAS,
+            registry=registry,
+        )
         self.current_round = Gauge("wafl_current_round", "The round open on chain.", registry=registry)
-        self.accuracy = Gauge("wafl_global_model_accuracy", "Accuracy of the latest global model on held-out data.",
-                              registry=registry)
-        self.loss = Gauge("wafl_global_model_loss", "MSE loss of the latest global model on held-out data.",
-                          registry=registry)
-        self.model_round = Gauge("wafl_global_model_round", "The round that produced the latest evaluated model.",
-                                 registry=registry)
+        self.accuracy = Gauge(
+            "wafl_global_model_accuracy", "Accuracy of the latest global model on held-out data.", registry=registry
+        )
+        self.loss = Gauge(
+            "wafl_global_model_loss", "MSE loss of the latest global model on held-out data.", registry=registry
+        )
+        self.model_round = Gauge(
+            "wafl_global_model_round", "The round that produced the latest evaluated model.", registry=registry
+        )
 
     def record(self, event: Message) -> None:
         match event:
@@ -96,8 +115,9 @@ class MetricsBook:
         if self.cfg is None or self.data is None:
             return None
         model = Weights.from_flat(self.cfg, unpack(self.cfg, global_words))
-        accuracy, loss = evaluate(self.cfg, np.asarray(model.w), np.asarray(model.b), self.data.x_test,
-                                  self.data.y_test)
+        accuracy, loss = evaluate(
+            self.cfg, np.asarray(model.w), np.asarray(model.b), self.data.x_test, self.data.y_test
+        )
         if round_id >= self.model_round._value.get():
             self.accuracy.set(accuracy)
             self.loss.set(loss)
