@@ -92,14 +92,15 @@ def make_app(runtime: Runtime, title: str) -> FastStream:
 
 
 async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:
-    """Exchanges, dead-letter queue and prover work queue (consumer queues are declared by
-    their subscribers)."""
+    """Exchanges, dead-letter queue, prover work queue and every service's event queue."""
     events = await broker.declare_exchange(topology.events)
-    del events
     dlx = await broker.declare_exchange(topology.dead_letter_exchange)
     dead_letters = await broker.declare_queue(topology.dead_letters)
     await dead_letters.bind(dlx)
     await broker.declare_queue(topology.prover_jobs)
+    for queue in topology.consumer_queues():
+        declared = await broker.declare_queue(queue)
+        await declared.bind(events, routing_key=queue.routing_key)
 
 
 # ---- start-up checks ------------------------------------------------------------------------

@@ -17,11 +17,21 @@ from dataclasses import dataclass
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
 from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
+from wafl.messages import PUBLIC_MESSAGES, ProofGenerated, RoundDeadline, RoundOpened
+
 DELIVERY_LIMIT = 5
 DEAD_LETTER_REASON = "x-wafl-reason"
 DEAD_LETTER_QUEUE = "x-wafl-queue"
 DEAD_LETTER_SERVICE = "x-wafl-service"
 DEAD_LETTER_ROUTING_KEY = "x-wafl-routing-key"
+
+# Which public topics each service consumes. Every service declares all of these queues at
+# start-up, so an event published before its consumer first runs waits in its queue.
+SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
+    "trainer": (RoundOpened.routing_key,),
+    "submitter": (ProofGenerated.routing_key, RoundDeadline.routing_key),
+    "metrics": tuple(m.routing_key for m in PUBLIC_MESSAGES),
+}
 
 
 @dataclass(frozen=True)
@@ -68,3 +78,6 @@ class Topology:
             routing_key=routing_key,
             arguments=self._work_queue_arguments(),
         )
+
+    def consumer_queues(self) -> list[RabbitQueue]:
+        return [self.service_queue(s, key) for s, keys in SUBSCRIPTIONS.items() for key in keys]
