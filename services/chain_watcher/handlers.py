@@ -13,7 +13,7 @@ from faststream.rabbit.publisher import RabbitPublisher
 from wafl.chainstate import write_state
 from wafl.messages import ChainEvent, RoundDeadline, RoundFinalized, RoundOpened, UpdateAccepted
 from wafl.service import Runtime
-from wafl_chain_watcher.follower import ChainFollower, Cursor
+from wafl_chain_watcher.follower import ChainFollower, Cursor, Head
 
 SERVICE = "chain_watcher"
 log = structlog.get_logger()
@@ -83,10 +83,7 @@ class Watcher:
         await self._deadline_tick(head)
         return published
 
-    async def _deadline_tick(self, head: object) -> None:
-        from wafl_chain_watcher.follower import Head
-
-        assert isinstance(head, Head)
+    async def _deadline_tick(self, head: Head) -> None:
         if head.timestamp < head.deadline:
             return
         key = self.runtime.key("deadline", head.round)
