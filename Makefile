@@ -22,8 +22,14 @@ $(VENV)/.promtool:
 	command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null)
 	touch $@
 
+# RabbitMQ's own Prometheus endpoint (:15692), which the dashboards' queue panels read; the
+# compose stack enables the same plugin.
+$(VENV)/.rabbitmq-prometheus: | $(BIN)/python
+	rabbitmq-plugins enable --quiet rabbitmq_prometheus
+	touch $@
+
 # Circuits (compile + reproducible development setup) and contracts, cached by content hash.
-build: $(VENV)/.installed node_modules/.installed $(VENV)/.promtool
+build: $(VENV)/.installed node_modules/.installed $(VENV)/.promtool $(VENV)/.rabbitmq-prometheus
 	$(BIN)/wafl build
 
 setup: build

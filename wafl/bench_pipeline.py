@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import tempfile
 import threading
@@ -28,6 +29,7 @@ from wafl.localnet import Federation, federation
 from wafl.messages import ProverJob
 from wafl.packing import unpack
 from wafl.topology import Topology
+from wafl_trainer.rounds import RoundTrainer
 
 
 @dataclass
@@ -50,8 +52,6 @@ class EventLog:
         return [(org, body) for org, key, body in list(self.events) if key == routing_key]
 
     async def _run(self, amqp_url: str, orgs: list[str]) -> None:
-        import json
-
         connection = await aio_pika.connect(amqp_url)
         channel = await connection.channel()
         for org in orgs:
@@ -121,7 +121,10 @@ def prover_throughput(cfg: ModelConfig, workdir: Path, jobs: int, replicas: int)
         pool_org = fed.orgs[0]
         log = EventLog()
         log.start(fed.amqp_url, [pool_org.name])
+        # The chain watcher records the open round, which provers check every job against.
+        watcher = fed.start(pool_org, "chain_watcher")
         provers = [fed.start(pool_org, "prover", r) for r in range(replicas)]
+        _wait_for_log(fed, [watcher], "event_published", timeout=120)
         _wait_for_log(fed, provers, "service_started", timeout=120)
         prepared = _jobs(fed, pool_org.name)
         started = time.monotonic()
@@ -139,8 +142,6 @@ def prover_throughput(cfg: ModelConfig, workdir: Path, jobs: int, replicas: int)
 
 def _jobs(fed: Federation, org: str) -> list[ProverJob]:
     """One job per registered participant, for the current round, from real training steps."""
-    from wafl_trainer.rounds import RoundTrainer
-
     cfg = fed.cfg
     words = fed.aggregator.global_words()
     jobs = []

@@ -48,7 +48,8 @@ class Message(BaseModel):
     routing_key: ClassVar[str]
 
     schema_version: Literal[1] = 1
-    message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=96)  # chain events: "<tx hash>:<log index>"
+    # Chain events use "<tx hash>:<log index>" (68+ characters), so a repeat has the same id.
+    message_id: str = Field(default_factory=new_message_id, min_length=1, max_length=96)
     org: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
     emitted_at: datetime = Field(default_factory=utc_now)
 

@@ -104,12 +104,12 @@ class MetricsBook:
             case UpdateSubmitted():
                 self.updates_submitted.inc()
                 self.submit_seconds.observe(event.submit_seconds)
-                self.gas.labels(kind="submit_update").observe(event.gas_used)
+                self.gas.labels(kind="update").observe(event.gas_used)
             case UpdateFailed():
                 self.updates_failed.labels(reason=event.reason).inc()
             case RoundFinalizeSent():
                 self.finalize_sent.inc()
-                self.gas.labels(kind="finalize_round").observe(event.gas_used)
+                self.gas.labels(kind="finalize").observe(event.gas_used)
 
     def evaluate(self, round_id: int, global_words: list[int]) -> tuple[float, float] | None:
         if self.cfg is None or self.data is None:

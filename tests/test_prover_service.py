@@ -1,0 +1,129 @@
+"""Prover service against the real RabbitMQ, Redis, ZoKrates worker and anvil: a job becomes a
+proof the contract accepts; a repeated job is proven once; a job that cannot be proven, or is
+malformed, is dead-lettered with its reason and the prover goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from prometheus_client import REGISTRY
+from web3 import Web3
+
+from tests.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, delete_org, drain, unique_org
+from tests.conftest import new_account
+from wafl.build import build_circuit
+from wafl.chain.aggregator import AggregatorClient
+from wafl.chain.deploy import Deployment, deploy
+from wafl.chainstate import write_state
+from wafl.config import load_config
+from wafl.data import load_org_data
+from wafl.messages import ProverJob
+from wafl.service import declare_topology, make_runtime
+from wafl.topology import DEAD_LETTER_REASON, Topology
+from wafl.zk import ZokratesWorker
+from wafl_prover.handlers import ProverState, register
+from wafl_prover.proving import JobProver
+from wafl_prover.settings import ProverSettings
+from wafl_trainer.rounds import RoundTrainer
+
+CONFIG = "wine-13x3-b16"
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[ZokratesWorker]:
+    with ZokratesWorker(build_circuit(load_config(CONFIG)).directory) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def member(w3: Web3) -> LocalAccount:
+    return new_account(w3)
+
+
+@pytest.fixture(scope="module")
+def deployment(w3: Web3, member: LocalAccount) -> Deployment:
+    admin = new_account(w3)
+    return deploy(w3, admin, load_config(CONFIG), quorum=2, round_duration=3600, participants=[member.address])
+
+
+@pytest.fixture()
+def org() -> Iterator[str]:
+    name = unique_org()
+    yield name
+    asyncio.run(delete_org(name))
+
+
+def counter(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def make_job(org: str, deployment: Deployment, w3: Web3, participant: str) -> ProverJob:
+    cfg = deployment.model_config
+    trainer = RoundTrainer(cfg, load_org_data(cfg, "wine", 0, 2), org, participant)
+    job, _ = trainer.train(1, AggregatorClient(w3, deployment).global_words())
+    return job
+
+
+async def run_prover(
+    org: str, worker: ZokratesWorker, deployment: Deployment, publish: list[bytes | dict[str, Any]],
+    expect_proofs: int, expect_dead: int,
+) -> tuple[list[Any], list[Any]]:
+    settings = ProverSettings(org=org, amqp_url=AMQP_URL, redis_url=REDIS_URL)
+    runtime = make_runtime(settings, "prover")
+    register(runtime, ProverState(JobProver(deployment.model_config, worker, org)))
+    await write_state(runtime.redis, org, 1, 0, 1)  # what the chain watcher records
+    topology = Topology(org)
+    async with amqp() as channel:
+        proofs = await bind_observer(channel, topology.events.name, "proof.generated")
+        async with runtime.broker:
+            await runtime.broker.start()
+            await declare_topology(runtime.broker, topology)
+            dead_queue = await channel.declare_queue(topology.dead_letters.name, passive=True)
+            for item in publish:
+                payload = item if isinstance(item, bytes) else json.dumps(item).encode()
+                await runtime.broker.publish(payload, queue=topology.prover_jobs.name,
+                                             content_type="application/json", persist=True)
+            generated = await drain(proofs, expect_proofs, timeout=90, settle=1.0)
+            dead = await drain(dead_queue, expect_dead, timeout=30)
+    await runtime.redis.aclose()
+    return generated, dead
+
+
+def test_a_job_becomes_a_proof_the_contract_accepts_once(
+    org: str, worker: ZokratesWorker, deployment: Deployment, w3: Web3, member: LocalAccount,
+) -> None:
+    job = json.loads(make_job(org, deployment, w3, member.address).model_dump_json())
+    skipped = counter("wafl_duplicates_skipped_total", service="prover", stage="prove")
+    # The same job twice (a redelivery after a lost ack looks the same): one proof, published again.
+    generated, dead = asyncio.run(run_prover(org, worker, deployment, [job, {**job, "message_id": "again"}],
+                                             expect_proofs=2, expect_dead=0))
+    assert len(generated) == 2 and not dead
+    first, second = (body(m) for m in generated)
+    assert first["proof"] == second["proof"] and first["message_id"] == second["message_id"]
+    assert counter("wafl_duplicates_skipped_total", service="prover", stage="prove") == skipped + 1
+    assert "x" not in first and first["update_words"] == job["update_words"]
+    # The contract's verifier accepts it for this participant and round (a dry-run call).
+    AggregatorClient(w3, deployment).check_call(member.address, 1, [int(w) for w in first["update_words"]],
+                                                [int(p) for p in first["proof"]])
+
+
+def test_unprovable_and_malformed_jobs_are_dead_lettered(
+    org: str, worker: ZokratesWorker, deployment: Deployment, w3: Web3, member: LocalAccount,
+) -> None:
+    job = json.loads(make_job(org, deployment, w3, member.address).model_dump_json())
+    words = [int(w) for w in job["update_words"]]
+    tampered = {**job, "update_words": [str(words[0] ^ 1), *(str(w) for w in words[1:])]}
+    missing_batch = {k: v for k, v in job.items() if k != "x"}
+    generated, dead = asyncio.run(run_prover(org, worker, deployment, [tampered, missing_batch, b"\x00"],
+                                             expect_proofs=0, expect_dead=3))
+    assert not generated
+    reasons = sorted(str(m.headers[DEAD_LETTER_REASON]) for m in dead)
+    assert any(r.startswith("rejected: the job does not satisfy the circuit") for r in reasons), reasons
+    assert sum(r.startswith("invalid message") for r in reasons) == 2, reasons
+    # The reason names the problem but never carries the private batch.
+    assert all(str(job["x"][0][0]) not in r for r in reasons if "circuit" in r)
