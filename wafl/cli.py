@@ -123,7 +123,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     import asyncio
 
     from wafl.secrets import register_url, safe_url
-    from wafl.tail import tail
+    from wafl.tail import tail_until_signalled
 
     url = args.amqp_url or os.environ.get("WAFL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     org = args.org or os.environ.get("WAFL_ORG")
@@ -132,8 +132,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
         return 2
     register_url(url)
     try:
-        asyncio.run(tail(url, org, args.pattern, raw=args.json, dead_letters=args.dead_letters, count=args.count,
-                         echo=lambda line: print(line, flush=True)))
+        asyncio.run(tail_until_signalled(url, org, args.pattern, raw=args.json, dead_letters=args.dead_letters,
+                                         count=args.count, echo=lambda line: print(line, flush=True)))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:

@@ -7,7 +7,9 @@ exchange, or to its dead-letter exchange with ``--dead-letters``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -89,6 +91,7 @@ async def tail(
     count: int | None = None,
     echo: Callable[[str], None] = print,
     ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
 ) -> int:
     """Print events until interrupted (or until ``count`` events); returns how many were printed."""
     topology = Topology(org)
@@ -106,14 +109,36 @@ async def tail(
         await queue.bind(exchange, routing_key=pattern)
         if ready is not None:
             ready.set()
-        async with queue.iterator() as messages:
-            async for message in messages:
-                async with message.process():
-                    echo(format_line(message.routing_key or "", message.body, dict(message.headers or {}),
-                                     raw=raw, dead_letter=dead_letters))
-                    printed += 1
-                if count is not None and printed >= count:
-                    break
+        while stop is None or not stop.is_set():
+            message = await queue.get(fail=False)
+            if message is None:
+                await _idle(stop)
+                continue
+            async with message.process():
+                echo(format_line(message.routing_key or "", message.body, dict(message.headers or {}),
+                                 raw=raw, dead_letter=dead_letters))
+                printed += 1
+            if count is not None and printed >= count:
+                break
     finally:
-        await connection.close()
+        # Bounded: a broker that went away must not keep an interrupted tail alive.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(connection.close(), 5)
     return printed
+
+
+async def _idle(stop: asyncio.Event | None, seconds: float = 0.1) -> None:
+    if stop is None:
+        await asyncio.sleep(seconds)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def tail_until_signalled(amqp_url: str, org: str, pattern: str = "#", **options: Any) -> int:
+    """``tail`` that ends cleanly on SIGINT or SIGTERM (Ctrl-C, or kubectl stopping the pod)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return await tail(amqp_url, org, pattern, stop=stop, **options)
