@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup build test lint docs demo bench clean
+.PHONY: setup build test lint docs simulate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,8 @@ docs: $(VENV)/.installed
 	mkdir -p docs/asyncapi
 	for s in $(SERVICES); do $(BIN)/faststream docs gen --factory wafl_$$s.app:create_app --yaml --out docs/asyncapi/$$s.yaml || exit 1; done
 
-demo: setup
-	$(BIN)/wafl demo
+simulate: setup
+	$(BIN)/wafl simulate
 
 bench: setup
 	$(BIN)/wafl bench gas --json

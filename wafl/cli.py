@@ -162,11 +162,10 @@ def cmd_grafana_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from wafl.demo import run_demo
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from wafl.simulate_cli import run
 
-    run_demo(load_config(args.config), orgs=args.orgs, rounds=args.rounds, seed=args.seed)
-    return 0
+    return run(args)
 
 
 def cmd_bench_pipeline(args: argparse.Namespace) -> int:
@@ -222,12 +221,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--url", required=True, help="Grafana base URL; the token comes from $GRAFANA_TOKEN")
     p.set_defaults(func=cmd_grafana_push)
 
-    p = sub.add_parser("demo", help="a local federation in one process: anvil, real proofs, accuracy")
-    p.add_argument("--config", default="wine-13x3-b16")
-    p.add_argument("--orgs", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("simulate", help="a whole federation on this machine: services, anvil, real proofs, results")
+    from wafl.simulate_cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures").add_subparsers(
         dest="bench", required=True

@@ -169,11 +169,12 @@ def from_files(cfg: ModelConfig, paths: list[Path], seed: int = 0) -> Federation
     scale = float(1 << cfg.frac_bits)
     members = []
     for path, (x_tr, x_te, y_tr, y_te) in zip(paths, splits, strict=True):
-        scaled = (x_tr - mean) / std
-        fixed = np.floor(scaled * scale + 0.5)
-        outside = np.argwhere((fixed < cfg.data_min) | (fixed > cfg.data_max))
+        fixed = np.floor((x_tr - mean) / std * scale + 0.5)
+        every = (np.concatenate([x_tr, x_te]) - mean) / std  # held-out rows must fit too
+        outside = np.argwhere(np.abs(every) * scale > min(-cfg.data_min, cfg.data_max))
         if len(outside):
             row, col = outside[0]
+            scaled = every
             raise DataFileError(
                 f"{path}: column {col + 1} has a value {scaled[row, col]:.1f} standard deviations from the mean, "
                 f"outside the fixed-point data range [{cfg.data_min / scale:g}, {cfg.data_max / scale:g}] "
