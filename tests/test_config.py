@@ -63,7 +63,8 @@ def test_bundled_configs_load_with_their_layout(name: str) -> None:
     assert cfg.n_words == n_words
     assert cfg.public_inputs == public_inputs
     assert (cfg.weight_min, cfg.weight_max) == (-32768, 32767)
-    assert (cfg.data_min, cfg.data_max, cfg.target_max) == (-8192, 8191, 1)
+    half = 1 << (data_bits - 1)
+    assert (cfg.data_min, cfg.data_max, cfg.target_max) == (-half, half - 1, 1)
     # Every bound the int64 trainer relies on holds with room to spare.
     assert cfg.gradient_bound.bit_length() <= INT64_SAFE_BITS
     # Loading the same file by path gives the same configuration (and digest).
