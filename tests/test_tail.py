@@ -60,7 +60,8 @@ def test_tail_prints_matching_events_until_interrupted() -> None:
                 await exchange.publish(aio_pika.Message(payload, content_type="application/json"), routing_key)
             await connection.close()
 
-        time.sleep(2.0)  # tail connects and binds
+        assert proc.stderr is not None
+        assert "bound to" in proc.stderr.readline()  # tail has connected and bound its queue
         asyncio.run(publish())
         time.sleep(1.5)
         proc.send_signal(signal.SIGINT)

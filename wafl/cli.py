@@ -133,7 +133,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     register_url(url)
     try:
         asyncio.run(tail_until_signalled(url, org, args.pattern, raw=args.json, dead_letters=args.dead_letters,
-                                         count=args.count, echo=lambda line: print(line, flush=True)))
+                                         count=args.count, echo=lambda line: print(line, flush=True),
+                                         ready=lambda where: print(f"wafl tail: {where}; Ctrl-C stops",
+                                                                   file=sys.stderr, flush=True)))
     except KeyboardInterrupt:
         return 0
     except OSError as exc:

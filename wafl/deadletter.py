@@ -72,14 +72,18 @@ def dead_letter_middleware(topology: Topology, service: str, ref: BrokerRef) -> 
                     log.warning("handler_failed_will_retry", error=redact(repr(exc)), delivery=deliveries)
                     raise
                 kind, reason = "failed", f"failed {deliveries} times: {type(exc).__name__}: {exc}"
-            await publish_dead_letter(ref, topology, service, msg, kind, redact(reason))
+            # The subscriber's own queue: one broker may carry several services (wafl simulate).
+            handler = self.context.get("handler_")
+            queue = getattr(getattr(handler, "queue", None), "name", None)
+            await publish_dead_letter(ref, topology, service, msg, kind, redact(reason), queue)
             return None
 
     return DeadLetterMiddleware
 
 
 async def publish_dead_letter(
-    ref: BrokerRef, topology: Topology, service: str, msg: StreamMessage[Any], kind: str, reason: str
+    ref: BrokerRef, topology: Topology, service: str, msg: StreamMessage[Any], kind: str, reason: str,
+    queue: str | None = None,
 ) -> None:
     if ref.broker is None:
         raise RuntimeError("dead-letter middleware used before its broker was set")
@@ -89,6 +93,9 @@ async def publish_dead_letter(
     # Work queues are reached through the default exchange (routing key = queue name); topic
     # consumers have one queue per (service, routing key).
     consumer_queue = routing_key if not exchange else topology.service_queue(service, routing_key).name
+    if queue is not None and queue.startswith(f"{topology.prefix}."):
+        consumer_queue = queue
+        service = queue.removeprefix(f"{topology.prefix}.").split(".")[0]
     await ref.broker.publish(
         msg.body,
         exchange=topology.dead_letter_exchange,

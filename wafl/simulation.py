@@ -126,7 +126,7 @@ class HonestOrg:
 
     def __init__(self, name: str, index: int, account: LocalAccount, plan: Plan, deployment: Deployment,
                  w3: Web3, worker: ZokratesWorker, redis: aioredis.Redis, amqp_url: str,
-                 observer: tuple[str, Callable[[str, Message], None]]) -> None:
+                 observer: tuple[str, Callable[[str, Message], None]] | None = None) -> None:
         self.name = name
         self.account = account
         cfg = plan.cfg
@@ -135,7 +135,8 @@ class HonestOrg:
         self.topology = Topology(name)
         self.dead_letters: list[str] = []
         # First, so that the in-process broker shows an event before the work it sets off.
-        self.observe(*observer)
+        if observer is not None:
+            self.observe(*observer)
 
         def runtime(service: str) -> Runtime:
             return Runtime(service, self.settings, self.topology, self.broker, redis)
@@ -160,7 +161,8 @@ class HonestOrg:
                 self._handler(model, sink))
         dead = RabbitQueue(f"wafl.{self.name}.simulate-{tag}.dead-letters", auto_delete=True)
 
-        async def on_dead_letter(body: Any, message: RabbitMessage) -> None:
+        # Raw messages: an observer never rejects (or dead-letters) what it is shown.
+        async def on_dead_letter(message: RabbitMessage) -> None:
             reason = str(message.headers.get(DEAD_LETTER_REASON, "?"))
             service = str(message.headers.get(DEAD_LETTER_SERVICE, "?"))
             self.dead_letters.append(f"{service}: {reason}")
@@ -171,10 +173,13 @@ class HonestOrg:
     def _handler(self, model: type[Message], sink: Callable[[str, Message], None]) -> Callable[..., Any]:
         org = self.name
 
-        async def handle(event: Any) -> None:
+        async def handle(message: RabbitMessage) -> None:
+            try:
+                event = model.model_validate_json(message.body)
+            except ValueError:
+                return  # the consuming service dead-letters it
             sink(org, event)
 
-        handle.__annotations__["event"] = model
         return handle
 
 

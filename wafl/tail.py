@@ -90,7 +90,7 @@ async def tail(
     dead_letters: bool = False,
     count: int | None = None,
     echo: Callable[[str], None] = print,
-    ready: asyncio.Event | None = None,
+    ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
     """Print events until interrupted (or until ``count`` events); returns how many were printed."""
@@ -108,7 +108,7 @@ async def tail(
         queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
         await queue.bind(exchange, routing_key=pattern)
         if ready is not None:
-            ready.set()
+            ready(f"bound to {exchange.name} with {pattern!r}")
         while stop is None or not stop.is_set():
             message = await queue.get(fail=False)
             if message is None:
