@@ -30,7 +30,7 @@ def central_baseline(cfg: ModelConfig, data: FederationData, seed: int = 0) -> t
     for _ in range(CENTRAL_EPOCHS):
         optimiser.zero_grad()
         loss = torch.nn.functional.mse_loss(model(x), y)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
     with torch.no_grad():
         outputs = model(torch.tensor(data.x_test, dtype=torch.float32))
