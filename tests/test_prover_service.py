@@ -6,10 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import aio_pika
 import pytest
+import redis as sync_redis
 from eth_account.signers.local import LocalAccount
 from prometheus_client import REGISTRY
 from web3 import Web3
@@ -127,3 +134,55 @@ def test_unprovable_and_malformed_jobs_are_dead_lettered(
     assert sum(r.startswith("invalid message") for r in reasons) == 2, reasons
     # The reason names the problem but never carries the private batch.
     assert all(str(job["x"][0][0]) not in r for r in reasons if "circuit" in r)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("graceful_timeout", ["300", "0.05"])
+def test_sigterm_finishes_or_returns_the_job_in_hand(
+    org: str, deployment: Deployment, w3: Web3, member: LocalAccount, tmp_path: Any, graceful_timeout: str,
+) -> None:
+    """A prover process stopped mid-proof either finishes and publishes (enough grace) or gives the
+    job back to the queue (too little): never acknowledged without a proof."""
+    path = tmp_path / "deployment.json"
+    deployment.save(path)
+    job = make_job(org, deployment, w3, member.address)
+    sync_redis.Redis.from_url(REDIS_URL).hset(f"wafl:{org}:chain:state", mapping={
+        "round": 1, "deadline": 0, "block": 1, "updated_at": time.time()})
+    log_path = tmp_path / "prover.log"
+    env = {**os.environ, "WAFL_ORG": org, "WAFL_AMQP_URL": AMQP_URL, "WAFL_REDIS_URL": REDIS_URL,
+           "WAFL_DEPLOYMENT": str(path), "WAFL_GRACEFUL_TIMEOUT": graceful_timeout}
+    with log_path.open("wb") as handle:
+        proc = subprocess.Popen([sys.executable, "-m", "wafl.cli", "run", "prover"], env=env, stdout=handle,
+                                stderr=subprocess.STDOUT)
+    topology = Topology(org)
+
+    async def publish_and_stop() -> tuple[list[Any], int]:
+        async with amqp() as channel:
+            proofs = await bind_observer(channel, topology.events.name, "proof.generated")
+            deadline = time.monotonic() + 120
+            while "service_started" not in log_path.read_text() and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            jobs = await channel.declare_queue(topology.prover_jobs.name, passive=True)
+            await channel.default_exchange.publish(
+                aio_pika.Message(job.model_dump_json().encode(), content_type="application/json",
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=jobs.name)
+            while "proof_started" not in log_path.read_text() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 120)
+            generated = await drain(proofs, 1 if graceful_timeout == "300" else 0, timeout=5, settle=1.0)
+            waiting = await channel.declare_queue(topology.prover_jobs.name, passive=True)
+            return generated, waiting.declaration_result.message_count or 0
+
+    try:
+        generated, left_in_queue = asyncio.run(publish_and_stop())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = log_path.read_text()
+    assert "proof_started" in log, log[-2000:]
+    assert proc.returncode == 0, log[-2000:]
+    if graceful_timeout == "300":
+        assert len(generated) == 1 and left_in_queue == 0, log[-2000:]  # finished, then acknowledged
+    else:
+        assert not generated and left_in_queue == 1, log[-2000:]  # returned, for another replica
