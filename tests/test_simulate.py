@@ -16,10 +16,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from wafl.attack import made_up_update
 from wafl.chain.anvil import Anvil
 from wafl.cli import main
 from wafl.config import load_config
 from wafl.fedsplit import bundled, from_files, split_indices
+from wafl.fixedpoint import Weights
+from wafl.packing import pack, unpack
+from wafl_trainer.rounds import RoundTrainer
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/7"
@@ -71,7 +75,8 @@ def test_poisoned_updates_are_rejected_and_the_honest_curve_is_unaffected(tmp_pa
 @pytest.mark.slow
 def test_real_servers_and_a_running_chain_with_a_non_iid_split(tmp_path: Path) -> None:
     with Anvil() as anvil:
-        result, stdout = simulate(tmp_path, "--orgs", "3", "--rounds", "1", "--alpha", "0.5", "--seed", "3",
+        result, stdout = simulate(tmp_path, "--orgs", "3", "--rounds", "1", "--dataset", "wine", "--alpha", "0.5",
+                                  "--seed", "3",
                                   "--amqp-url", AMQP_URL, "--redis-url", REDIS_URL, "--rpc-url", anvil.url,
                                   "--round-timeout", "120", "--verbose", "--out", "real")
         assert anvil.web3().eth.block_number > 5  # the deployment and the round happened on this chain
@@ -204,6 +209,21 @@ def test_bundled_split_fits_the_configuration() -> None:
         bundled(cfg, "iris", 4)
     with pytest.raises(ValueError, match="at least two"):
         from_files(cfg, [Path("one.csv")])
+
+
+@pytest.mark.parametrize("attack", ["scaled", "random"])
+def test_made_up_updates_fit_the_lanes_but_are_far_from_honest(attack: str) -> None:
+    cfg = load_config("wine-13x3-b16")
+    data = bundled(cfg, "wine", 2)
+
+    start = Weights.zeros(cfg)
+    job, _ = RoundTrainer(cfg, data.orgs[0], "o", "0x" + "12" * 20).train(1, pack(cfg, start.flat()))
+    honest = Weights.from_flat(cfg, unpack(cfg, job.update_words))
+    made_up = made_up_update(cfg, attack, start, honest, np.random.default_rng(0))  # type: ignore[arg-type]
+    values = np.asarray(made_up.flat())
+    assert values.min() >= cfg.weight_min and values.max() <= cfg.weight_max  # only the proof can reject it
+    assert np.abs(values - np.asarray(honest.flat())).mean() > 4 * np.abs(np.asarray(honest.flat())).mean()
+    assert pack(cfg, made_up.flat())  # packs into lanes like an honest update
 
 
 def _processes_with(marker: str) -> list[str]:
