@@ -123,11 +123,31 @@ def test_three_organisations_three_rounds(built: None, tmp_path: Path) -> None:
         no_secret_anywhere(fed)
 
 
+def drop_next_submission(fed: Federation, sender: str, timeout: float = 60.0) -> int:
+    """Stop mining, wait for ``sender``'s next transaction in the pool, drop it, mine again."""
+    rpc = fed.w3.provider.make_request
+    rpc("evm_setIntervalMining", [0])  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = rpc("txpool_content", [])["result"]["pending"]  # type: ignore[arg-type]
+            mine = next((txs for address, txs in pending.items() if address.lower() == sender.lower()), {})
+            if mine:
+                tx = next(iter(mine.values()))
+                rpc("anvil_dropTransaction", [tx["hash"]])  # type: ignore[arg-type]
+                return int(tx["nonce"], 16)
+            time.sleep(0.05)
+        raise TimeoutError(f"no transaction from {sender} reached the pool")
+    finally:
+        rpc("evm_setIntervalMining", [1])  # type: ignore[arg-type]
+
+
 @pytest.mark.slow
-def test_rounds_complete_through_faults(built: None, tmp_path: Path) -> None:
-    """Broker connections dropped, a prover killed mid-proof, Redis flushed: rounds still
-    complete, each update accepted once."""
+def test_rounds_complete_through_faults(built: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Broker connections dropped, a prover killed mid-proof, Redis flushed, a transaction dropped
+    from the pool: rounds still complete, each update accepted once."""
     cfg = load_config(CONFIG)
+    monkeypatch.setenv("WAFL_RESEND_AFTER", "3")  # the submitter re-sends an unmined transaction after 3 s
     with federation(cfg, tmp_path, org_count=2) as fed:
         fed.start_all(prover_replicas={fed.orgs[0].name: 2})
         fed.wait_for_round(1, ROUND_TIMEOUT)
@@ -152,9 +172,19 @@ def test_rounds_complete_through_faults(built: None, tmp_path: Path) -> None:
             redis.Redis(host="127.0.0.1", port=6379, db=org.redis_db).flushdb()
         fed.wait_for_round(4, ROUND_TIMEOUT)
 
+        # 4. A submission dropped from the pool before it is mined: re-sent with the same nonce.
+        dropped_nonce = drop_next_submission(fed, fed.orgs[0].account.address)
+        fed.wait_for_round(5, ROUND_TIMEOUT)
+        logs = fed.aggregator.contract.events.UpdateAccepted().get_logs(from_block=fed.deployment.start_block)
+        (resent,) = [log for log in logs if log["args"]["round"] == 5
+                     and log["args"]["participant"] == fed.orgs[0].account.address]
+        assert fed.w3.eth.get_transaction(resent["transactionHash"])["nonce"] == dropped_nonce
+        submitter_log = next(p for p in fed.orgs[0].processes if p.service == "submitter").log()
+        assert '"resend": true' in submitter_log
+
         accepted = accepted_per_round(fed)
         members = sorted(o.account.address for o in fed.orgs)
-        for round_id in (1, 2, 3, 4):
+        for round_id in (1, 2, 3, 4, 5):
             assert sorted(accepted[round_id]) == members, accepted
         no_secret_anywhere(fed)
         assert re.search(r"proof_started", victim.log())
