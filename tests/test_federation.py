@@ -18,7 +18,7 @@ from wafl.build import build_circuit
 from wafl.config import load_config
 from wafl.data import evaluate, load_org_data
 from wafl.fixedpoint import Weights
-from wafl.localnet import Federation, close_vhost_connections, federation
+from wafl.localnet import Federation, Org, close_vhost_connections, federation
 from wafl.packing import unpack
 
 CONFIG = "wine-13x3-b16"
@@ -123,9 +123,17 @@ def test_three_organisations_three_rounds(built: None, tmp_path: Path) -> None:
         no_secret_anywhere(fed)
 
 
-def drop_next_submission(fed: Federation, sender: str, timeout: float = 60.0) -> int:
-    """Stop mining, wait for ``sender``'s next transaction in the pool, drop it, mine again."""
+def drop_next_submission(fed: Federation, org: Org, round_id: int, timeout: float = 60.0) -> int:
+    """Once ``org`` proves ``round_id``: stop mining, wait for its transaction in the pool, drop
+    it, mine again. (Mining stops only then: the round must be confirmed to be trained at all.)"""
+    sender = org.account.address
     rpc = fed.w3.provider.make_request
+    deadline = time.monotonic() + timeout
+    while not any(f'"round": {round_id},' in line and "proof_started" in line
+                  for p in org.processes if p.service == "prover" for line in p.log().splitlines()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{org.name} did not start proving round {round_id}")
+        time.sleep(0.05)
     rpc("evm_setIntervalMining", [0])  # type: ignore[arg-type]
     try:
         deadline = time.monotonic() + timeout
@@ -173,7 +181,7 @@ def test_rounds_complete_through_faults(built: None, tmp_path: Path, monkeypatch
         fed.wait_for_round(4, ROUND_TIMEOUT)
 
         # 4. A submission dropped from the pool before it is mined: re-sent with the same nonce.
-        dropped_nonce = drop_next_submission(fed, fed.orgs[0].account.address)
+        dropped_nonce = drop_next_submission(fed, fed.orgs[0], 5)
         fed.wait_for_round(5, ROUND_TIMEOUT)
         logs = fed.aggregator.contract.events.UpdateAccepted().get_logs(from_block=fed.deployment.start_block)
         (resent,) = [log for log in logs if log["args"]["round"] == 5

@@ -136,6 +136,23 @@ def test_unprovable_and_malformed_jobs_are_dead_lettered(
     assert all(str(job["x"][0][0]) not in r for r in reasons if "circuit" in r)
 
 
+async def wait_for_queue(name: str, deadline: float) -> str:
+    """The queue, once the process under test has declared it."""
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        while True:
+            channel = await connection.channel()  # a failed passive declare closes its channel
+            try:
+                await channel.declare_queue(name, passive=True)
+                return name
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+    finally:
+        await connection.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("graceful_timeout", ["300", "0.05"])
 def test_sigterm_finishes_or_returns_the_job_in_hand(
@@ -160,12 +177,10 @@ def test_sigterm_finishes_or_returns_the_job_in_hand(
         async with amqp() as channel:
             proofs = await bind_observer(channel, topology.events.name, "proof.generated")
             deadline = time.monotonic() + 120
-            while "service_started" not in log_path.read_text() and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            jobs = await channel.declare_queue(topology.prover_jobs.name, passive=True)
+            jobs = await wait_for_queue(topology.prover_jobs.name, deadline)
             await channel.default_exchange.publish(
                 aio_pika.Message(job.model_dump_json().encode(), content_type="application/json",
-                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=jobs.name)
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT), routing_key=jobs)
             while "proof_started" not in log_path.read_text() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             proc.send_signal(signal.SIGTERM)

@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -80,8 +79,17 @@ def plan_from(args: argparse.Namespace) -> Plan:
                 Servers(args.amqp_url, args.redis_url, args.rpc_url))
 
 
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM cleans up exactly as Ctrl-C does
+async def _until_terminated(simulation: Simulation) -> list[RoundRecord]:
+    """SIGTERM cancels the run exactly as asyncio.run's own SIGINT handling does for Ctrl-C, so
+    the same clean-up runs (a KeyboardInterrupt raised from a signal handler could land anywhere)."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await simulation.run()
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wafl simulate: {exc}", file=sys.stderr)
         return 2
     configure_logging("simulate", "local", "info" if args.verbose else "warning")
-    signal.signal(signal.SIGTERM, _terminate)
     started = time.monotonic()
     console.print(f"WaFL simulation: {plan.cfg.name}, {plan.orgs} organisations ({plan.data.source}), "
                   f"{plan.malicious} malicious, {plan.rounds} rounds", highlight=False)
@@ -102,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
         proofs_bar = bars.add_task("proofs this round", total=plan.honest)
         simulation = Simulation(plan, _hooks(console, bars, rounds_bar, proofs_bar, plan))
         try:
-            records = asyncio.run(simulation.run())
-        except KeyboardInterrupt:
+            records = asyncio.run(_until_terminated(simulation))
+        except (KeyboardInterrupt, asyncio.CancelledError):
             console.print("interrupted: anvil, provers and connections stopped")
             return 130
         except TimeoutError as exc:
