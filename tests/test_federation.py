@@ -128,12 +128,8 @@ def drop_next_submission(fed: Federation, org: Org, round_id: int, timeout: floa
     it, mine again. (Mining stops only then: the round must be confirmed to be trained at all.)"""
     sender = org.account.address
     rpc = fed.w3.provider.make_request
+    wait_for_proof_started(org, round_id, timeout)
     deadline = time.monotonic() + timeout
-    while not any(f'"round": {round_id},' in line and "proof_started" in line
-                  for p in org.processes if p.service == "prover" for line in p.log().splitlines()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{org.name} did not start proving round {round_id}")
-        time.sleep(0.05)
     rpc("evm_setIntervalMining", [0])  # type: ignore[arg-type]
     try:
         deadline = time.monotonic() + timeout
@@ -148,6 +144,33 @@ def drop_next_submission(fed: Federation, org: Org, round_id: int, timeout: floa
         raise TimeoutError(f"no transaction from {sender} reached the pool")
     finally:
         rpc("evm_setIntervalMining", [1])  # type: ignore[arg-type]
+
+
+def wait_for_proof_started(org: Org, round_id: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(f'"round": {round_id},' in line and "proof_started" in line
+                  for p in org.processes if p.service == "prover" for line in p.log().splitlines()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{org.name} did not start proving round {round_id}")
+        time.sleep(0.05)
+
+
+def reorg_out_next_submission(fed: Federation, org: Org, round_id: int, timeout: float = 60.0) -> str:
+    """Once ``org`` proves ``round_id``: snapshot the chain, wait until its update is mined, then
+    revert to the snapshot (a reorg shallower than the services' confirmation depth of 2)."""
+    rpc = fed.w3.provider.make_request
+    wait_for_proof_started(org, round_id, timeout)
+    snapshot = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+    event = fed.aggregator.contract.events.UpdateAccepted()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = event.get_logs(from_block=fed.w3.eth.block_number - 1,
+                              argument_filters={"round": round_id, "participant": org.account.address})
+        if logs:
+            assert rpc("evm_revert", [snapshot])["result"] is True  # type: ignore[arg-type]
+            return str(logs[0]["transactionHash"].to_0x_hex())
+        time.sleep(0.02)
+    raise TimeoutError(f"the update of {org.name} for round {round_id} was not mined")
 
 
 @pytest.mark.slow
@@ -190,9 +213,26 @@ def test_rounds_complete_through_faults(built: None, tmp_path: Path, monkeypatch
         submitter_log = next(p for p in fed.orgs[0].processes if p.service == "submitter").log()
         assert '"resend": true' in submitter_log
 
+        # 5. A reorg within the confirmation depth drops a mined update: nobody published it as
+        # accepted, the submitter re-sends it once its transaction has left the chain.
+        orphaned = reorg_out_next_submission(fed, fed.orgs[1], 6)
+        fed.wait_for_round(6, ROUND_TIMEOUT)
+        logs = fed.aggregator.contract.events.UpdateAccepted().get_logs(from_block=fed.deployment.start_block)
+        (kept,) = [log for log in logs if log["args"]["round"] == 6
+                   and log["args"]["participant"] == fed.orgs[1].account.address]
+        assert kept["transactionHash"].to_0x_hex() != orphaned  # accepted through the re-send
+        for org in fed.orgs:
+            watcher = next(p for p in org.processes if p.service == "chain_watcher")
+            deadline = time.monotonic() + 60
+            while '"round": 7, "service": "chain_watcher"' not in watcher.log() and time.monotonic() < deadline:
+                time.sleep(0.2)  # until round 6's events are confirmed and published
+            published = [line for line in watcher.log().splitlines()
+                         if "event_published" in line and '"round": 6,' in line and "update.accepted" in line]
+            assert len(published) == 2, published  # the orphaned acceptance was never published
+
         accepted = accepted_per_round(fed)
         members = sorted(o.account.address for o in fed.orgs)
-        for round_id in (1, 2, 3, 4, 5):
+        for round_id in (1, 2, 3, 4, 5, 6):
             assert sorted(accepted[round_id]) == members, accepted
         no_secret_anywhere(fed)
         assert re.search(r"proof_started", victim.log())

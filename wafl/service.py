@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import aio_pika
 import redis.asyncio as aioredis
+import structlog
 from faststream import FastStream
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitBroker
@@ -89,6 +90,15 @@ def make_app(runtime: Runtime, title: str) -> FastStream:
         await runtime.redis.aclose()
 
     return app
+
+
+def announce_start(app: FastStream, **fields: Any) -> None:
+    """Log ``service_started`` once the app runs: connected, topology declared, signal handlers
+    installed (a SIGTERM from then on is a graceful stop)."""
+
+    @app.after_startup
+    async def _announce() -> None:
+        structlog.get_logger().info("service_started", **fields)
 
 
 async def declare_topology(broker: RabbitBroker, topology: Topology) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from faststream import FastStream
 
-from wafl.logs import configure_logging, get_logger
+from wafl.logs import configure_logging
 from wafl.observability import serve_metrics
-from wafl.service import make_app, make_runtime, preflight
+from wafl.service import announce_start, make_app, make_runtime, preflight
 from wafl_chain_watcher.follower import ChainFollower
 from wafl_chain_watcher.handlers import SERVICE, WatcherState, register
 from wafl_chain_watcher.settings import ChainWatcherSettings
@@ -39,6 +39,6 @@ async def serve(settings: ChainWatcherSettings) -> None:
     follower = ChainFollower(w3, deployment, settings.org, settings.confirmations, settings.max_block_range)
     app = create_app(settings, WatcherState(follower, settings.poll_interval))
     port = serve_metrics(settings.metrics_port)
-    get_logger().info("service_started", metrics_port=port, confirmations=settings.confirmations,
+    announce_start(app, metrics_port=port, confirmations=settings.confirmations,
                       start_block=deployment.start_block)
     await app.run()

@@ -6,9 +6,9 @@ from faststream import FastStream
 from prometheus_client import REGISTRY
 
 from wafl.data import load_org_data
-from wafl.logs import configure_logging, get_logger
+from wafl.logs import configure_logging
 from wafl.observability import serve_metrics
-from wafl.service import StartupError, make_app, make_runtime, preflight
+from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
 from wafl_metrics.book import MetricsBook
 from wafl_metrics.handlers import SERVICE, MetricsState, register
 from wafl_metrics.settings import MetricsSettings
@@ -36,5 +36,5 @@ async def serve(settings: MetricsSettings) -> None:
         raise StartupError(str(exc)) from None
     app = create_app(settings, MetricsState(MetricsBook(REGISTRY, cfg, data)))
     port = serve_metrics(settings.metrics_port)
-    get_logger().info("service_started", metrics_port=port, config=cfg.name, held_out=len(data.x_test))
+    announce_start(app, metrics_port=port, config=cfg.name, held_out=len(data.x_test))
     await app.run()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from aiormq.exceptions import ChannelClosed
 from faststream import FastStream
 
 from wafl.build import BuildError, build_circuit
 from wafl.logs import configure_logging, get_logger
 from wafl.observability import serve_metrics
-from wafl.service import StartupError, make_app, make_runtime, preflight
+from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
 from wafl.zk import ProverError, ZokratesWorker
 from wafl_prover.handlers import SERVICE, ProverState, register
 from wafl_prover.proving import JobProver
@@ -41,8 +42,12 @@ async def serve(settings: ProverSettings) -> None:
     state = ProverState(JobProver(cfg, worker, settings.org, settings.proof_timeout), settings.lease_seconds)
     app = create_app(settings, state)
     port = serve_metrics(settings.metrics_port)
-    get_logger().info("service_started", metrics_port=port, config=cfg.name, constraints=build.constraints)
+    announce_start(app, metrics_port=port, config=cfg.name, constraints=build.constraints)
     try:
         await app.run()
+    except ChannelClosed:
+        # SIGTERM with a proof still running past graceful_timeout: the handler is cancelled and
+        # its channel closed, so the broker returns the unacknowledged job to the queue.
+        get_logger().warning("stopped_mid_job", detail="graceful timeout passed; the job goes back to the queue")
     finally:
         worker.close()

@@ -10,7 +10,7 @@ from web3 import Web3
 from wafl.chain.aggregator import AggregatorClient
 from wafl.logs import configure_logging, get_logger
 from wafl.observability import serve_metrics
-from wafl.service import StartupError, make_app, make_runtime, preflight
+from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
 from wafl_submitter.core import Submitter, TxPolicy
 from wafl_submitter.handlers import SERVICE, SubmitterState, register
 from wafl_submitter.keys import load_account
@@ -33,6 +33,7 @@ def policy_from(settings: SubmitterSettings) -> TxPolicy:
         max_fee_wei=int(settings.max_fee_gwei * 10**9),
         gas_multiplier=settings.gas_multiplier,
         lock_wait=settings.lock_wait,
+        confirmations=settings.confirmations,
     )
 
 
@@ -71,7 +72,7 @@ async def serve(settings: SubmitterSettings) -> None:
     register(runtime, state)
     app = make_app(runtime, "WaFL submitter")
     port = serve_metrics(settings.metrics_port)
-    log.info("service_started", metrics_port=port, address=account.address, aggregator=deployment.address,
+    announce_start(app, metrics_port=port, address=account.address, aggregator=deployment.address,
              balance_wei=balance)
     await app.run()
 

@@ -97,6 +97,7 @@ class TxPolicy:
     lock_wait: float = 600.0
     poll_seconds: float = 0.1
     max_sends: int = 12
+    confirmations: int = 0  # blocks on top of a receipt before it counts (reorg safety)
 
 
 @dataclass
@@ -360,14 +361,17 @@ class Submitter:
         while True:
             mined = await self._io(self._find_receipt, record.hashes)
             if mined is not None:
-                return await self._resolve(key, record, *mined)
+                if await self._io(self._settled, mined[1], deadline):
+                    return await self._resolve(key, record, *mined)
+                await asyncio.sleep(policy.poll_seconds)  # mined, not yet deep enough: a reorg may undo it
+                continue
             if record.nonce is not None:
                 latest = await self._io(self.w3.eth.get_transaction_count, self.address, "latest")
                 if latest > record.nonce:
                     # Mined meanwhile? Otherwise our nonce went to a transaction that is none of ours.
                     mined = await self._io(self._find_receipt, record.hashes)
                     if mined is not None:
-                        return await self._resolve(key, record, *mined)
+                        continue  # ours after all: settled (or re-sent after a reorg) at the top
                     if reallocated:
                         return NotMined("nonce_consumed", f"nonce {record.nonce} was used by another transaction")
                     log.warning("nonce_consumed_elsewhere", nonce=record.nonce, hashes=record.hashes)
@@ -397,7 +401,7 @@ class Submitter:
             while time.monotonic() < wait_until:
                 mined = await self._io(self._find_receipt, record.hashes)
                 if mined is not None:
-                    return await self._resolve(key, record, *mined)
+                    break  # settled at the top of the loop
                 await asyncio.sleep(policy.poll_seconds)
 
     async def _send_version(self, session: NonceSession, key: str, record: TxRecord) -> NotMined | str:
@@ -474,6 +478,18 @@ class Submitter:
             if receipt is not None and receipt.get("blockNumber") is not None:
                 return tx_hash, receipt
         return None
+
+    def _settled(self, receipt: TxReceipt, deadline: float) -> bool:
+        """``confirmations`` blocks on top of the receipt's block, which is still the chain's block
+        at that height. Until then a reorg can drop the transaction, and it is re-sent. Past the
+        deadline a mined receipt is taken as it is (a chain that stopped producing blocks)."""
+        depth = self.policy.confirmations
+        if depth == 0 or time.monotonic() >= deadline:
+            return True
+        number = int(receipt["blockNumber"])
+        if self.w3.eth.block_number - number < depth:
+            return False
+        return bool(self.w3.eth.get_block(number)["hash"] == receipt["blockHash"])
 
     def _any_known(self, hashes: list[str]) -> bool:
         for tx_hash in hashes:

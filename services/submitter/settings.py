@@ -32,6 +32,10 @@ class SubmitterSettings(ServiceSettings):
     )
     max_fee_gwei: float = Field(default=500.0, gt=0, description="never offer more than this per gas")
     gas_multiplier: float = Field(default=1.2, ge=1.0, le=5.0, description="gas limit = estimate x this + allowance")
+    confirmations: int = Field(
+        default=2, ge=0, le=64,
+        description="blocks on top of a mined transaction before it counts; a reorg within them re-sends it",
+    )
     lock_wait: float = Field(
         default=600.0, gt=0, description="seconds to wait for the key's nonce lock held by another replica"
     )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from faststream import FastStream
 
 from wafl.data import load_org_data
-from wafl.logs import configure_logging, get_logger
+from wafl.logs import configure_logging
 from wafl.observability import serve_metrics
-from wafl.service import StartupError, make_app, make_runtime, preflight
+from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
 from wafl_trainer.handlers import SERVICE, TrainerState, register
 from wafl_trainer.rounds import RoundTrainer
 from wafl_trainer.settings import TrainerSettings
@@ -36,6 +36,6 @@ async def serve(settings: TrainerSettings) -> None:
     state = TrainerState(RoundTrainer(cfg, data, settings.org, settings.participant))
     app = create_app(settings, state)
     port = serve_metrics(settings.metrics_port)
-    get_logger().info("service_started", metrics_port=port, config=cfg.name, samples=len(data.x_train))
+    announce_start(app, metrics_port=port, config=cfg.name, samples=len(data.x_train))
     await app.run()
 SETTINGS = TrainerSettings
