@@ -38,6 +38,7 @@ class Watcher:
             for model in (RoundOpened, UpdateAccepted, RoundFinalized, RoundDeadline)
         }
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # ---- cursor in Redis ----------------------------------------------------------------------
     async def load_cursor(self, follower: ChainFollower) -> Cursor:
@@ -95,7 +96,7 @@ class Watcher:
 
     # ---- loop -------------------------------------------------------------------------------------
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.poll_once()
             except asyncio.CancelledError:
@@ -105,13 +106,23 @@ class Watcher:
             await asyncio.sleep(self.state.poll_interval)
 
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.create_task(self.run())
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop polling. The flag ends the loop even if a cancellation is absorbed on the way (a
+        handler running inline under the in-process broker may swallow it)."""
+        self._stopping = True
+        task = self._task
+        if task is None:
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not task.done() and asyncio.get_running_loop().time() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
+        if task.done() and not task.cancelled():
+            with contextlib.suppress(Exception):
+                task.result()
 
 
 def register(runtime: Runtime, state: WatcherState) -> Watcher:
