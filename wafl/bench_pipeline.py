@@ -92,8 +92,15 @@ def latency_split(log: EventLog, rounds: int) -> dict[str, float]:
         per_round["queue_wait"].append(statistics.median(b["queue_seconds"] for b in proofs))
         per_round["prove"].append(statistics.median(b["proof_seconds"] + b["witness_seconds"] for b in proofs))
         per_round["submit"].append(statistics.median(b["submit_seconds"] for _, b in submitted))
-        confirms = [accepted[(org, round_id, b["participant"].lower())] - _time(b) for org, b in submitted
-                    if (org, round_id, b["participant"].lower()) in accepted]
+        # Confirmation: from the receipt (proof published + submit time) to the chain watcher
+        # publishing the acceptance once it is deep enough.
+        proved = {(org, b["participant"].lower()): _time(b) for org, b in log.of("proof.generated")
+                  if b["round"] == round_id}
+        confirms = [accepted[(org, round_id, b["participant"].lower())]
+                    - (proved[(org, b["participant"].lower())] + b["submit_seconds"])
+                    for org, b in submitted
+                    if (org, round_id, b["participant"].lower()) in accepted
+                    and (org, b["participant"].lower()) in proved]
         per_round["confirm"].append(statistics.median(confirms) if confirms else 0.0)
     medians = {f"{k}_seconds": round(statistics.median(v), 3) for k, v in per_round.items() if v}
     if "round_seconds" in medians:

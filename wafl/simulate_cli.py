@@ -80,16 +80,19 @@ def plan_from(args: argparse.Namespace) -> Plan:
 
 
 async def _until_terminated(simulation: Simulation) -> list[RoundRecord]:
-    """SIGTERM cancels the run exactly as asyncio.run's own SIGINT handling does for Ctrl-C, so
-    the same clean-up runs (a KeyboardInterrupt raised from a signal handler could land anywhere)."""
+    """Ctrl-C and SIGTERM cancel the run, so that its clean-up runs. Installed here rather than
+    left to asyncio.run, which skips SIGINT when the process inherited it ignored (a background
+    job of a non-interactive shell)."""
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
     try:
         return await simulation.run()
     finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -363,6 +363,9 @@ class Submitter:
             if mined is not None:
                 if await self._io(self._settled, mined[1], deadline):
                     return await self._resolve(key, record, *mined)
+                if record.submit_seconds is None:  # signing to first receipt; the depth wait is confirmation
+                    record.submit_seconds = max(0.0, time.time() - record.started)
+                    await self._save(key, record)
                 await asyncio.sleep(policy.poll_seconds)  # mined, not yet deep enough: a reorg may undo it
                 continue
             if record.nonce is not None:
