@@ -134,7 +134,8 @@ class UpdateSubmitted(Message):
     tx_hash: TxHash
     block_number: int = Field(ge=0)
     gas_used: int = Field(ge=0)
-    submit_seconds: float = Field(ge=0)
+    submit_seconds: float = Field(ge=0, description="signing to the first receipt (block inclusion included)")
+    send_seconds: float = Field(default=0.0, ge=0, description="estimating, signing and broadcasting")
 
 
 class UpdateFailed(Message):

@@ -118,7 +118,8 @@ class TxRecord:
     tx_hash: str | None = None
     block_number: int | None = None
     gas_used: int | None = None
-    submit_seconds: float | None = None
+    submit_seconds: float | None = None  # signing to the first receipt
+    send_seconds: float | None = None  # estimate, sign and broadcast of the first version
     reason: str | None = None
     detail: str = ""
 
@@ -136,6 +137,7 @@ class Mined:
     block_number: int
     gas_used: int
     submit_seconds: float
+    send_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,7 @@ class Submitter:
             message_id=mined.tx_hash[2:],  # the same answer for every delivery: consumers can dedupe
             org=self.org, round=proof.round, participant=self.address, tx_hash=mined.tx_hash,
             block_number=mined.block_number, gas_used=mined.gas_used, submit_seconds=mined.submit_seconds,
+            send_seconds=mined.send_seconds,
         )
 
     def _failed(self, proof: ProofGenerated, reason: str, detail: str) -> UpdateFailed:
@@ -285,7 +288,8 @@ class Submitter:
         if raw is not None:
             record = TxRecord.loads(raw)
             if record.tx_hash == found.tx_hash and record.submit_seconds is not None:
-                return Mined(found.tx_hash, found.block_number, found.gas_used, record.submit_seconds)
+                return Mined(found.tx_hash, found.block_number, found.gas_used, record.submit_seconds,
+                             record.send_seconds or 0.0)
         return found
 
     # ---- rounds -----------------------------------------------------------------------------
@@ -432,6 +436,9 @@ class Submitter:
         refused = await self._io(self._broadcast, signed.raw_transaction)
         if refused is None:
             await session.sent(record.nonce, tx_hash)
+            if record.send_seconds is None:
+                record.send_seconds = max(0.0, time.time() - record.started)
+                await self._save(key, record)
             TX_SENT.labels(kind=record.kind, attempt="resend" if resend else "first").inc()
             log.info("transaction_sent", kind=record.kind, nonce=record.nonce, tx_hash=tx_hash,
                      max_fee=max_fee, tip=tip, gas_limit=record.gas_limit, resend=resend)
@@ -519,7 +526,7 @@ class Submitter:
             log.info("transaction_resolved", kind=record.kind, state=record.state, tx_hash=tx_hash, block=block,
                      gas_used=gas_used, nonce=record.nonce, versions=len(record.hashes), reason=record.reason)
         if record.state == "mined":
-            return Mined(tx_hash, block, gas_used, record.submit_seconds or 0.0)
+            return Mined(tx_hash, block, gas_used, record.submit_seconds or 0.0, record.send_seconds or 0.0)
         return Reverted(tx_hash, block, gas_used, record.reason or "RevertedWithoutReason", record.detail)
 
     def _revert_reason(self, tx_hash: str, receipt: TxReceipt, record: TxRecord) -> tuple[str, str]:
