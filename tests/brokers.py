@@ -13,11 +13,17 @@ from typing import Any
 
 import aio_pika
 import redis.asyncio as aioredis
+from prometheus_client import REGISTRY
 
 from wafl.localnet import delete_org_topology
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def counter(name: str, **labels: str) -> float:
+    """A sample of the process's default Prometheus registry (0 when never incremented)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def unique_org() -> str:

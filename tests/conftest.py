@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -9,6 +10,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from tests.brokers import delete_org, unique_org
 from wafl.build import CircuitBuild, build_circuit
 from wafl.chain.anvil import Anvil, fund
 from wafl.config import ModelConfig, load_config
@@ -47,3 +49,11 @@ def new_account(w3: Web3) -> LocalAccount:
     account: LocalAccount = Account.create()
     fund(w3, account.address)
     return account
+
+
+@pytest.fixture()
+def org() -> Iterator[str]:
+    """A fresh organisation name; its queues, exchanges and Redis keys are removed afterwards."""
+    name = unique_org()
+    yield name
+    asyncio.run(delete_org(name))

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +23,6 @@ from wafl.chain.deploy import Deployment, deploy
 from wafl.chainstate import write_state
 from wafl.config import load_config
 from wafl.fedsplit import bundled
-from wafl.localnet import delete_org_topology
 from wafl.messages import (
     Message,
     ProofGenerated,
@@ -101,9 +98,8 @@ def dead_lettered(service: str, queue: str, kind: str) -> float:
 
 
 def test_every_consumed_queue_dead_letters_bad_input_and_goes_on(
-    w3: Web3, deployment: Deployment, member: LocalAccount, worker: ZokratesWorker, tmp_path: Path,
+    org: str, w3: Web3, deployment: Deployment, member: LocalAccount, worker: ZokratesWorker,
 ) -> None:
-    org = "t" + uuid.uuid4().hex[:10]
     cfg = load_config(CONFIG)
     plan = Plan(cfg, bundled(cfg, "wine", 2), rounds=1)
     asyncio.run(_scenario(org, plan, deployment, w3, member, worker))
@@ -156,12 +152,8 @@ async def _scenario(org: str, plan: Plan, deployment: Deployment, w3: Web3, memb
         # Nothing else was dead-lettered, and the services still consume: a good message goes through.
         assert sum(len(v) for v in by_queue.values()) == 3 * len(queues)
         await _still_consuming(stack, org)
-    finally:
+    finally:  # the org fixture removes the topology and the Redis keys
         await stack.broker.stop()
-        await delete_org_topology(AMQP_URL, org)
-        keys = [k async for k in redis.scan_iter(match=f"wafl:{org}:*")]
-        if keys:
-            await redis.delete(*keys)
         await redis.aclose()
 
 

@@ -13,7 +13,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from tests.brokers import AMQP_URL, REDIS_URL, amqp, body, delete_org, drain, unique_org
+from tests.brokers import AMQP_URL, REDIS_URL, amqp, body, drain
 from tests.conftest import new_account
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import Anvil
@@ -40,13 +40,6 @@ def chain() -> Iterator[tuple[Web3, Deployment, LocalAccount]]:
         deployment = deploy(w3, admin, load_config("ref-9x6-b10"), quorum=2, round_duration=ROUND_SECONDS,
                             participants=[new_account(w3).address, new_account(w3).address])
         yield w3, deployment, admin
-
-
-@pytest.fixture()
-def org() -> Iterator[str]:
-    name = unique_org()
-    yield name
-    asyncio.run(delete_org(name))
 
 
 def mine(w3: Web3, blocks: int = 1) -> None:

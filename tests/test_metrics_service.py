@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from tests.brokers import AMQP_URL, REDIS_URL, amqp, delete_org, drain, unique_org
+from tests.brokers import AMQP_URL, REDIS_URL, amqp, drain
 from wafl.chainstate import write_state
 from wafl.config import load_config
 from wafl.data import evaluate, load_org_data
@@ -40,13 +39,6 @@ from wafl_trainer.rounds import RoundTrainer
 CONFIG = "wine-13x3-b16"
 PARTICIPANT = "0x" + "ab" * 20
 HASH = "0x" + "12" * 32
-
-
-@pytest.fixture()
-def org() -> Iterator[str]:
-    name = unique_org()
-    yield name
-    asyncio.run(delete_org(name))
 
 
 def chain(n: int) -> dict[str, object]:

@@ -18,10 +18,9 @@ import aio_pika
 import pytest
 import redis as sync_redis
 from eth_account.signers.local import LocalAccount
-from prometheus_client import REGISTRY
 from web3 import Web3
 
-from tests.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, delete_org, drain, unique_org
+from tests.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, counter, drain
 from tests.conftest import new_account
 from wafl.build import build_circuit
 from wafl.chain.aggregator import AggregatorClient
@@ -56,17 +55,6 @@ def member(w3: Web3) -> LocalAccount:
 def deployment(w3: Web3, member: LocalAccount) -> Deployment:
     admin = new_account(w3)
     return deploy(w3, admin, load_config(CONFIG), quorum=2, round_duration=3600, participants=[member.address])
-
-
-@pytest.fixture()
-def org() -> Iterator[str]:
-    name = unique_org()
-    yield name
-    asyncio.run(delete_org(name))
-
-
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def make_job(org: str, deployment: Deployment, w3: Web3, participant: str) -> ProverJob:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 
 import pytest
 import redis.asyncio as aioredis
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from tests.brokers import REDIS_URL, delete_org, unique_org
+from tests.brokers import REDIS_URL
 from tests.conftest import new_account
 from tests.test_chain_e2e import make_update
 from wafl.chain.aggregator import AggregatorClient
@@ -25,13 +24,6 @@ from wafl.zk import ZokratesWorker
 from wafl_submitter.core import Submitter, TxPolicy, TxRecord, UnknownRoundError, WrongParticipantError
 
 MIN_GAS_SUBMIT, MAX_GAS_SUBMIT = 250_000, 320_000
-
-
-@pytest.fixture()
-def org() -> Iterator[str]:
-    name = unique_org()
-    yield name
-    asyncio.run(delete_org(name))
 
 
 def proof_message(

@@ -15,10 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from prometheus_client import REGISTRY
 from web3 import Web3
 
-from tests.brokers import REDIS_URL, delete_org, unique_org
+from tests.brokers import REDIS_URL, counter
 from tests.conftest import new_account
 from tests.test_submitter import accepted_logs, proof_message, submitter
 from wafl.chain.aggregator import AggregatorClient
@@ -28,13 +27,6 @@ from wafl.messages import UpdateFailed, UpdateSubmitted
 from wafl.zk import ZokratesWorker
 from wafl_submitter.core import TxRecord
 from wafl_submitter.nonces import NonceManager
-
-
-@pytest.fixture()
-def org() -> Iterator[str]:
-    name = unique_org()
-    yield name
-    asyncio.run(delete_org(name))
 
 
 def rpc(w3: Web3, method: str, *params: Any) -> Any:
@@ -70,10 +62,6 @@ async def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> Any:
             return value
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 @pytest.fixture()

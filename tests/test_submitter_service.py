@@ -11,17 +11,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from prometheus_client import REGISTRY
 from web3 import Web3
 
-from tests.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, delete_org, drain, unique_org
+from tests.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, counter, drain
 from tests.conftest import new_account
 from tests.test_submitter import proof_message
 from wafl.chain.aggregator import AggregatorClient
@@ -37,17 +35,6 @@ from wafl_submitter.handlers import SubmitterState, register
 from wafl_submitter.settings import SubmitterSettings
 
 ROUND_SECONDS = 600
-
-
-@pytest.fixture()
-def org() -> Iterator[str]:
-    name = unique_org()
-    yield name
-    asyncio.run(delete_org(name))
-
-
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def until(predicate: Any, what: str, timeout: float = 60.0) -> None:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY
 from web3 import Web3
 
-from tests.brokers import AMQP_URL, amqp, bind_observer, body, delete_org, drain, unique_org
+from tests.brokers import AMQP_URL, amqp, bind_observer, body, counter, drain
 from tests.conftest import new_account
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.deploy import Deployment, deploy
@@ -34,17 +32,6 @@ CONFIG = "wine-13x3-b16"
 def deployment(w3: Web3) -> Deployment:
     admin, member = new_account(w3), new_account(w3)
     return deploy(w3, admin, load_config(CONFIG), quorum=1, round_duration=3600, participants=[member.address])
-
-
-@pytest.fixture()
-def org() -> Iterator[str]:
-    name = unique_org()
-    yield name
-    asyncio.run(delete_org(name))
-
-
-def counter(name: str, **labels: str) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def opened(org: str, deployment: Deployment, w3: Web3, round_id: int = 1) -> RoundOpened:

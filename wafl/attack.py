@@ -60,14 +60,13 @@ class MaliciousParticipant:
     def reused_proof(self, round_id: int) -> list[int] | None:
         """The proof of an honest update accepted in ``round_id``, read from its transaction."""
         events = self.aggregator.contract.events.UpdateAccepted().get_logs(
-            from_block=self.aggregator.deployment.start_block
+            from_block=self.aggregator.deployment.start_block, argument_filters={"round": round_id}
         )
-        for event in events:
-            if int(event["args"]["round"]) == round_id:
-                tx = self.aggregator.w3.eth.get_transaction(event["transactionHash"])
-                _, arguments = self.aggregator.contract.decode_function_input(tx["input"])
-                return [int(v) for v in arguments["proof"]]
-        return None
+        if not events:
+            return None
+        tx = self.aggregator.w3.eth.get_transaction(events[0]["transactionHash"])
+        _, arguments = self.aggregator.contract.decode_function_input(tx["input"])
+        return [int(v) for v in arguments["proof"]]
 
     def submit(self, round_id: int, update: Weights, words: list[int]) -> Rejection | None:
         """Submit made-up weights; returns the on-chain rejection (None if it was accepted)."""

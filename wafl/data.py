@@ -44,28 +44,37 @@ def one_hot(labels: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     return encoded
 
 
-def load_org_data(cfg: ModelConfig, dataset: str, org_index: int, org_count: int, seed: int = 0) -> OrgData:
+def standardised_split(
+    cfg: ModelConfig, dataset: str, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A bundled dataset's stratified train/test split (a quarter held out), standardised with
+    the training rows' statistics: x_train, x_test (float), y_train, y_test (int labels)."""
     if dataset not in LOADERS:
         raise ValueError(f"unknown dataset {dataset!r}; bundled: {', '.join(sorted(LOADERS))}")
-    if not 0 <= org_index < org_count:
-        raise ValueError(f"organisation index {org_index} is not in [0, {org_count})")
     features, labels = LOADERS[dataset](return_X_y=True)
     if features.shape[1] != cfg.d_in or int(labels.max()) + 1 > cfg.d_out:
-        raise ValueError(f"dataset {dataset} does not fit configuration {cfg.name} ({cfg.d_in} x {cfg.d_out})")
+        raise ValueError(f"dataset {dataset} ({features.shape[1]} features, {int(labels.max()) + 1} classes) "
+                         f"does not fit configuration {cfg.name} ({cfg.d_in} x {cfg.d_out})")
     x_train, x_test, y_train, y_test = train_test_split(
         features, labels, test_size=0.25, stratify=labels, random_state=seed
     )
     mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-9
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    return (x_train - mean) / std, (x_test - mean) / std, y_train.astype(np.int64), y_test.astype(np.int64)
+
+
+def load_org_data(cfg: ModelConfig, dataset: str, org_index: int, org_count: int, seed: int = 0) -> OrgData:
+    if not 0 <= org_index < org_count:
+        raise ValueError(f"organisation index {org_index} is not in [0, {org_count})")
+    x_train, x_test, y_train, y_test = standardised_split(cfg, dataset, seed)
     parts = np.array_split(np.random.default_rng(seed).permutation(len(x_train)), org_count)
     mine = parts[org_index]
     test_parts = np.array_split(np.random.default_rng(seed + 1).permutation(len(x_test)), org_count)
     held_out = test_parts[org_index]
     return OrgData(
         x_train=quantize(x_train[mine], cfg),
-        y_train=one_hot(y_train[mine].astype(np.int64), cfg),
+        y_train=one_hot(y_train[mine], cfg),
         x_test=x_test[held_out],
-        y_test=y_test[held_out].astype(np.int64),
+        y_test=y_test[held_out],
     )
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from wafl.config import ModelConfig
-from wafl.data import LOADERS, OrgData, one_hot, quantize
+from wafl.data import OrgData, one_hot, quantize, standardised_split
 
 HELD_OUT = 0.25
 
@@ -67,25 +67,11 @@ def split_indices(labels: np.ndarray, orgs: int, alpha: float | None, rng: np.ra
 
 
 def bundled(cfg: ModelConfig, dataset: str, orgs: int, alpha: float | None = None, seed: int = 0) -> FederationData:
-    if dataset not in LOADERS:
-        raise ValueError(f"unknown dataset {dataset!r}; bundled: {', '.join(sorted(LOADERS))}")
-    features, labels = LOADERS[dataset](return_X_y=True)
-    if features.shape[1] != cfg.d_in or int(labels.max()) + 1 > cfg.d_out:
-        raise ValueError(f"dataset {dataset} ({features.shape[1]} features, {int(labels.max()) + 1} classes) "
-                         f"does not fit configuration {cfg.name} ({cfg.d_in} x {cfg.d_out})")
-    x_train, x_test, y_train, y_test = train_test_split(
-        features, labels, test_size=HELD_OUT, stratify=labels, random_state=seed
-    )
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-9
-    x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
+    x_train, x_test, y_train, y_test = standardised_split(cfg, dataset, seed)
     parts = split_indices(y_train, orgs, alpha, np.random.default_rng(seed))
-    members = [
-        OrgData(quantize(x_train[p], cfg), one_hot(y_train[p].astype(np.int64), cfg), x_test, y_test.astype(np.int64))
-        for p in parts
-    ]
+    members = [OrgData(quantize(x_train[p], cfg), one_hot(y_train[p], cfg), x_test, y_test) for p in parts]
     split = "iid" if alpha is None else f"dirichlet(alpha={alpha})"
-    return FederationData(members, x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64),
-                          f"{dataset}, {split}")
+    return FederationData(members, x_train, y_train, x_test, y_test, f"{dataset}, {split}")
 
 
 def read_file(path: Path, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:

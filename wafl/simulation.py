@@ -41,7 +41,7 @@ from wafl.data import evaluate
 from wafl.fedsplit import FederationData
 from wafl.fixedpoint import Weights, fedavg
 from wafl.localnet import delete_org_topology
-from wafl.messages import PUBLIC_MESSAGES, Message
+from wafl.messages import PUBLIC_MESSAGES, Message, ProofGenerated
 from wafl.packing import pack, unpack
 from wafl.service import Runtime, declare_topology, make_broker
 from wafl.settings import ServiceSettings
@@ -118,7 +118,6 @@ class Progress:
 @dataclass
 class Observed:
     proof_seconds: dict[int, list[float]] = field(default_factory=dict)
-    in_flight: int = 0
 
 
 class HonestOrg:
@@ -133,7 +132,6 @@ class HonestOrg:
         self.settings = ServiceSettings(org=name, amqp_url=SecretStr(amqp_url))
         self.broker = make_broker(self.settings, "simulate")
         self.topology = Topology(name)
-        self.dead_letters: list[str] = []
         # First, so that the in-process broker shows an event before the work it sets off.
         if observer is not None:
             self.observe(*observer)
@@ -165,7 +163,6 @@ class HonestOrg:
         async def on_dead_letter(message: RabbitMessage) -> None:
             reason = str(message.headers.get(DEAD_LETTER_REASON, "?"))
             service = str(message.headers.get(DEAD_LETTER_SERVICE, "?"))
-            self.dead_letters.append(f"{service}: {reason}")
             log.warning("dead_lettered", org=self.name, service=service, reason=reason)
 
         self.broker.subscriber(dead, self.topology.dead_letter_exchange, title="simulate: dead letters")(on_dead_letter)
@@ -270,13 +267,9 @@ class Simulation:
 
     # ---- rounds -------------------------------------------------------------------------------
     def _on_event(self, org: str, event: Message) -> None:
-        round_id = getattr(event, "round", 0)
-        if event.routing_key == "update.trained":
-            self.observed.in_flight += 1
-        elif event.routing_key == "proof.generated":
-            self.observed.in_flight = max(0, self.observed.in_flight - 1)
-            seconds = getattr(event, "proof_seconds", 0.0) + getattr(event, "witness_seconds", 0.0)
-            self.observed.proof_seconds.setdefault(round_id, []).append(seconds)
+        if isinstance(event, ProofGenerated):
+            seconds = event.proof_seconds + event.witness_seconds
+            self.observed.proof_seconds.setdefault(event.round, []).append(seconds)
         self.progress.on_event(org, event)
 
     async def _rounds(self, aggregator: AggregatorClient, honest: list[HonestOrg],
@@ -289,21 +282,21 @@ class Simulation:
         rng = np.random.default_rng(plan.seed)
         for round_id in range(1, plan.rounds + 1):
             started = time.monotonic()
-            global_words = await asyncio.to_thread(aggregator.global_words)
-            global_model = Weights.from_flat(cfg, unpack(cfg, global_words))
             honest_updates = [_update(cfg, t, round_id, pack(cfg, reference.flat())) for t in trainers]
             rejected = 0
             for attacker in attackers:
-                made_up = made_up_update(cfg, plan.attack, global_model, honest_updates[0], rng)
+                # Honest rounds leave the chain at the reference model: the attackers' starting point.
+                made_up = made_up_update(cfg, plan.attack, reference, honest_updates[0], rng)
                 rejection = await asyncio.to_thread(attacker.submit, round_id, made_up, pack(cfg, made_up.flat()))
                 if rejection is not None:
                     rejected += 1
                     self.rejections.append(rejection)
             await self._wait_for_round(aggregator, round_id)
             reference = fedavg(cfg, honest_updates)
-            plain_updates = [_update(cfg, t, round_id, pack(cfg, plain.flat())) for t in trainers]
-            poisoned = [made_up_update(cfg, plan.attack, plain, plain_updates[0], rng) for _ in attackers]
-            plain = fedavg(cfg, plain_updates + poisoned)
+            if attackers:  # the trusting baseline only means something beside poisoned updates
+                plain_updates = [_update(cfg, t, round_id, pack(cfg, plain.flat())) for t in trainers]
+                poisoned = [made_up_update(cfg, plan.attack, plain, plain_updates[0], rng) for _ in attackers]
+                plain = fedavg(cfg, plain_updates + poisoned)
             self.records.append(await self._record(aggregator, round_id, started, rejected, reference, plain))
             self.progress.on_round(self.records[-1])
 
@@ -344,9 +337,9 @@ def _update(cfg: ModelConfig, trainer: RoundTrainer, round_id: int, words: list[
 
 
 def _gas_of_accepted(aggregator: AggregatorClient, round_id: int) -> list[int]:
-    logs = aggregator.contract.events.UpdateAccepted().get_logs(from_block=aggregator.deployment.start_block)
-    return [int(aggregator.w3.eth.get_transaction_receipt(log["transactionHash"])["gasUsed"])
-            for log in logs if int(log["args"]["round"]) == round_id]
+    logs = aggregator.contract.events.UpdateAccepted().get_logs(
+        from_block=aggregator.deployment.start_block, argument_filters={"round": round_id})  # indexed
+    return [int(aggregator.w3.eth.get_transaction_receipt(log["transactionHash"])["gasUsed"]) for log in logs]
 
 
 class _started:
