@@ -1,46 +1,38 @@
 #!/usr/bin/env node
-// Compile a rendered circuit, run the Groth16 setup and export the Solidity verifier.
+// Compile a rendered circuit and export its constraint system for the Groth16 keys.
 //
-//   node circuits/build.mjs <source.zok> <out-dir> <entropy-hex>
+//   node circuits/build.mjs <source.zok> <out-dir>
 //
-// Writes program.bin, abi.json, vk.json, pk.bin, Verifier.sol and build.json to <out-dir>.
-// The setup is seeded by <entropy-hex> so that a build is reproducible: these are development
-// keys. A production federation replaces them with the output of a setup ceremony.
+// Writes program.bin and abi.json (ZoKrates' program: the witness is computed from it),
+// circuit.r1cs (the same constraint system in snarkjs' format: what a setup ceremony and the
+// provers work on) and build.json to <out-dir>. No keys are made here: a federation's keys come
+// from `wafl ceremony`, development keys from a one-party setup (wafl/keys.py).
 import fs from "node:fs";
 import path from "node:path";
 import { provider, zokratesVersion } from "./zokrates.mjs";
 
-const [sourcePath, outDir, entropy] = process.argv.slice(2);
-if (!sourcePath || !outDir || !entropy) {
-  console.error("usage: build.mjs <source.zok> <out-dir> <entropy-hex>");
+const [sourcePath, outDir] = process.argv.slice(2);
+if (!sourcePath || !outDir) {
+  console.error("usage: build.mjs <source.zok> <out-dir>");
   process.exit(2);
 }
 fs.mkdirSync(outDir, { recursive: true });
 const zk = await provider();
 const source = fs.readFileSync(sourcePath, "utf8");
 
-let t = performance.now();
-const artifacts = zk.compile(source, { location: path.resolve(sourcePath) });
+const t = performance.now();
+const artifacts = zk.compile(source, { location: path.resolve(sourcePath), snarkjs: true });
 const compileSeconds = (performance.now() - t) / 1000;
 
-t = performance.now();
-const keypair = zk.setup(artifacts.program, entropy);
-const setupSeconds = (performance.now() - t) / 1000;
-
-const verifier = zk.exportSolidityVerifier(keypair.vk);
 fs.writeFileSync(path.join(outDir, "program.bin"), artifacts.program);
 fs.writeFileSync(path.join(outDir, "abi.json"), JSON.stringify(artifacts.abi, null, 2));
-fs.writeFileSync(path.join(outDir, "vk.json"), JSON.stringify(keypair.vk, null, 2));
-fs.writeFileSync(path.join(outDir, "pk.bin"), keypair.pk);
-fs.writeFileSync(path.join(outDir, "Verifier.sol"), verifier);
+fs.writeFileSync(path.join(outDir, "circuit.r1cs"), artifacts.snarkjs.program);
 fs.writeFileSync(
   path.join(outDir, "build.json"),
   JSON.stringify({
     zokrates_version: zokratesVersion,
     constraints: artifacts.constraintCount,
     compile_seconds: compileSeconds,
-    setup_seconds: setupSeconds,
-    pk_bytes: keypair.pk.length,
   }, null, 2),
 );
-console.log(JSON.stringify({ constraints: artifacts.constraintCount, compileSeconds, setupSeconds }));
+console.log(JSON.stringify({ constraints: artifacts.constraintCount, compileSeconds }));

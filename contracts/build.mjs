@@ -1,11 +1,12 @@
 #!/usr/bin/env node
-// Compile WaFL's contracts for one circuit with the pinned solc from npm.
+// Compile WaFL's contracts with the pinned solc from npm.
 //
-//   node contracts/build.mjs <Verifier.sol> <out.json> [--verifier-only]
+//   node contracts/build.mjs <out.json>                           WaflAggregator, WaflVerifier
+//   node contracts/build.mjs <out.json> --verifier-only <Verifier.sol>   a plain exported verifier
 //
-// <Verifier.sol> is the ZoKrates-exported verifier of one configuration; it is compiled as
-// src/Verifier.sol beside the hand-written sources. --verifier-only compiles just that file
-// (the benchmark's naive baseline). Writes {contracts: {Name: {abi, bytecode}}, solc}.
+// The contracts serve every configuration: the verifier takes its key at deployment. A plain
+// exported verifier (one public input per weight) is only the benchmark's naive baseline.
+// Writes {contracts: {Name: {abi, bytecode, deployed_size}}, solc}.
 import fs from "node:fs";
 import path from "node:path";
 import { createRequire } from "node:module";
@@ -16,19 +17,21 @@ const solc = require("solc");
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.dirname(here);
 
-const [verifierPath, outPath, flag] = process.argv.slice(2);
-if (!verifierPath || !outPath) {
-  console.error("usage: build.mjs <Verifier.sol> <out.json> [--verifier-only]");
+const [outPath, flag, verifierPath] = process.argv.slice(2);
+const verifierOnly = flag === "--verifier-only";
+if (!outPath || (flag !== undefined && !(verifierOnly && verifierPath))) {
+  console.error("usage: build.mjs <out.json> [--verifier-only <Verifier.sol>]");
   process.exit(2);
 }
-const verifierOnly = flag === "--verifier-only";
-const sources = { "src/Verifier.sol": { content: fs.readFileSync(verifierPath, "utf8") } };
-if (!verifierOnly) {
+const sources = {};
+if (verifierOnly) {
+  sources["src/Verifier.sol"] = { content: fs.readFileSync(verifierPath, "utf8") };
+} else {
   for (const name of fs.readdirSync(path.join(here, "src"))) {
     if (name.endsWith(".sol")) sources[`src/${name}`] = { content: fs.readFileSync(path.join(here, "src", name), "utf8") };
   }
 }
-const wanted = verifierOnly ? ["Verifier"] : ["WaflAggregator", "WaflVerifier"];
+const wanted = verifierOnly ? ["Verifier", "Groth16Verifier"] : ["WaflAggregator", "WaflVerifier"];
 
 function findImports(importPath) {
   const candidates = [path.join(root, "node_modules", importPath), path.join(here, importPath)];

@@ -14,7 +14,7 @@ from tests.brokers import delete_org, unique_org
 from wafl.build import CircuitBuild, build_circuit
 from wafl.chain.anvil import Anvil, fund
 from wafl.config import ModelConfig, load_config
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +28,8 @@ def ref_build(ref_config: ModelConfig) -> CircuitBuild:
 
 
 @pytest.fixture(scope="session")
-def ref_worker(ref_build: CircuitBuild) -> Iterator[ZokratesWorker]:
-    with ZokratesWorker(ref_build.directory) as worker:
+def ref_worker(ref_build: CircuitBuild) -> Iterator[Prover]:
+    with Prover(ref_build) as worker:
         yield worker
 
 

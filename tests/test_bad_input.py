@@ -39,7 +39,7 @@ from wafl.messages import (
 from wafl.service import declare_topology
 from wafl.simulation import HonestOrg, Plan
 from wafl.topology import DEAD_LETTER_QUEUE, DEAD_LETTER_REASON, SUBSCRIPTIONS
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 
 CONFIG = "wine-13x3-b16"
 HASH = "0x" + "ab" * 32
@@ -83,12 +83,12 @@ def member(w3: Web3) -> LocalAccount:
 @pytest.fixture(scope="module")
 def deployment(w3: Web3, member: LocalAccount) -> Deployment:
     return deploy(w3, new_account(w3), load_config(CONFIG), quorum=2, round_duration=3600,
-                  participants=[member.address])
+                  participants=[member])
 
 
 @pytest.fixture(scope="module")
-def worker() -> Iterator[ZokratesWorker]:
-    with ZokratesWorker(build_circuit(load_config(CONFIG)).directory) as started:
+def worker() -> Iterator[Prover]:
+    with Prover(build_circuit(load_config(CONFIG))) as started:
         yield started
 
 
@@ -98,7 +98,7 @@ def dead_lettered(service: str, queue: str, kind: str) -> float:
 
 
 def test_every_consumed_queue_dead_letters_bad_input_and_goes_on(
-    org: str, w3: Web3, deployment: Deployment, member: LocalAccount, worker: ZokratesWorker,
+    org: str, w3: Web3, deployment: Deployment, member: LocalAccount, worker: Prover,
 ) -> None:
     cfg = load_config(CONFIG)
     plan = Plan(cfg, bundled(cfg, "wine", 2), rounds=1)
@@ -106,7 +106,7 @@ def test_every_consumed_queue_dead_letters_bad_input_and_goes_on(
 
 
 async def _scenario(org: str, plan: Plan, deployment: Deployment, w3: Web3, member: LocalAccount,
-                    worker: ZokratesWorker) -> None:
+                    worker: Prover) -> None:
     redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     stack = HonestOrg(org, 0, member, plan, deployment, w3, worker, redis, AMQP_URL)
     queues = {(s, k): (stack.topology.prover_jobs.name if k == "prover.job" else

@@ -4,7 +4,6 @@ and every rejection reverting with its own custom error while leaving the state 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -12,47 +11,19 @@ from web3 import Web3
 from web3.logs import DISCARD
 
 from tests.conftest import new_account
+from tests.updates import make_update
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import increase_time
 from wafl.chain.deploy import deploy
 from wafl.chain.tx import ContractRevertError
-from wafl.circuit import CircuitKind, witness_args
 from wafl.config import ModelConfig
-from wafl.fixedpoint import Matrix, Weights, fedavg, train_step
-from wafl.packing import pack
-from wafl.zk import Groth16Proof, ZokratesWorker
-from wafl_trainer.core import TorchFixedPointTrainer
+from wafl.fixedpoint import Weights, fedavg
+from wafl.zk import Groth16Proof, Prover
 
 ROUND_SECONDS = 3600
 # Gas targets of the issue, checked on every accepted update of the run.
-MAX_GAS_SUBMIT = 320_000
+MAX_GAS_SUBMIT = 310_000
 MIN_GAS_SUBMIT = 250_000  # a verified update cannot cost less than tx + 4 pairings + its ecMuls
-
-
-@dataclass
-class Update:
-    words: list[int]
-    proof: Groth16Proof
-    weights: Weights
-
-
-def batch(cfg: ModelConfig, rng: random.Random) -> tuple[Matrix, Matrix]:
-    # Features over the whole admitted range, boundary values included.
-    x = [[rng.choice([cfg.data_min, cfg.data_max, 0, rng.randint(cfg.data_min, cfg.data_max) // 3])
-          for _ in range(cfg.d_in)] for _ in range(cfg.batch)]
-    y = [[int(k == rng.randrange(cfg.d_out)) for k in range(cfg.d_out)] for _ in range(cfg.batch)]
-    return x, y
-
-
-def make_update(
-    cfg: ModelConfig, worker: ZokratesWorker, global_model: Weights, sender: str, round_id: int,
-    rng: random.Random,
-) -> Update:
-    x, y = batch(cfg, rng)
-    trained = TorchFixedPointTrainer(cfg).step(global_model, x, y)
-    assert trained == train_step(cfg, global_model, x, y)
-    args = witness_args(cfg, CircuitKind.PACKED, global_model, trained, x, y, int(sender, 16), round_id)
-    return Update(pack(cfg, trained.flat()), worker.prove(args).proof, trained)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +32,7 @@ def federation(w3: Web3, ref_config: ModelConfig) -> tuple[AggregatorClient, Loc
     members = [new_account(w3) for _ in range(3)]
     deployment = deploy(
         w3, admin, ref_config, quorum=3, round_duration=ROUND_SECONDS,
-        participants=[m.address for m in members],
+        participants=members,
     )
     return AggregatorClient(w3, deployment), admin, members
 
@@ -77,7 +48,7 @@ def snapshot(aggregator: AggregatorClient, members: list[LocalAccount]) -> tuple
 def test_three_participants_two_rounds_match_reference_fedavg(
     federation: tuple[AggregatorClient, LocalAccount, list[LocalAccount]],
     ref_config: ModelConfig,
-    ref_worker: ZokratesWorker,
+    ref_worker: Prover,
 ) -> None:
     aggregator, _, members = federation
     rng = random.Random(11)
@@ -110,7 +81,7 @@ class TestRejections:
         members = [new_account(w3) for _ in range(2)]
         deployment = deploy(
             w3, admin, ref_config, quorum=2, round_duration=ROUND_SECONDS,
-            participants=[m.address for m in members],
+            participants=members,
         )
         return AggregatorClient(w3, deployment), admin, members
 
@@ -236,7 +207,8 @@ def test_registration_is_admin_only_and_bounded(w3: Web3, ref_config: ModelConfi
 def test_finalize_with_no_update_keeps_the_model(w3: Web3, ref_config: ModelConfig) -> None:
     admin = new_account(w3)
     start = Weights.from_flat(ref_config, [(i % 7) - 3 for i in range(ref_config.n_weights)])
-    deployment = deploy(w3, admin, ref_config, quorum=1, round_duration=60, initial_model=start)
+    deployment = deploy(w3, admin, ref_config, quorum=1, round_duration=60, initial_model=start,
+                        participants=[new_account(w3)])
     aggregator = AggregatorClient(w3, deployment)
     assert aggregator.global_model() == start
     increase_time(w3, 61)

@@ -38,7 +38,7 @@ def chain() -> Iterator[tuple[Web3, Deployment, LocalAccount]]:
         w3 = anvil.web3()
         admin = new_account(w3)
         deployment = deploy(w3, admin, load_config("ref-9x6-b10"), quorum=2, round_duration=ROUND_SECONDS,
-                            participants=[new_account(w3).address, new_account(w3).address])
+                            participants=[new_account(w3), new_account(w3)])
         yield w3, deployment, admin
 
 

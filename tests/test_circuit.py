@@ -24,7 +24,7 @@ from wafl.config import ModelConfig, load_config
 from wafl.field import SNARK_FIELD
 from wafl.fixedpoint import Weights, train_step
 from wafl.packing import lane_shift
-from wafl.zk import ProofResult, UnsatisfiedConstraintError, ZokratesWorker
+from wafl.zk import ProofResult, UnsatisfiedConstraintError, Prover
 
 VECTOR_DIR = Path(__file__).parent / "circuits"
 CONFIGS = ("ref-9x6-b10", "wine-13x3-b16")
@@ -80,7 +80,7 @@ def case_args(cfg: ModelConfig, case: dict[str, Any]) -> list[object]:
 class Circuit:
     cfg: ModelConfig
     build: CircuitBuild
-    worker: ZokratesWorker
+    worker: Prover
     proofs: dict[str, ProofResult]
 
 
@@ -93,7 +93,7 @@ def circuits() -> Iterator[dict[str, Circuit]]:
         def __missing__(self, name: str) -> Circuit:
             cfg = load_config(name)
             build = build_circuit(cfg, CircuitKind.PACKED)
-            worker = ZokratesWorker(build.directory)
+            worker = Prover(build)
             worker.start()
             started[name] = self[name] = Circuit(cfg, build, worker, {})
             return self[name]

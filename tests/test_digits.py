@@ -17,7 +17,7 @@ from wafl.circuit import CircuitKind, witness_args
 from wafl.config import load_config
 from wafl.fixedpoint import fedavg, train_step
 from wafl.packing import pack
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 
 MAX_GAS_SUBMIT = 900_000
 
@@ -28,12 +28,12 @@ def test_digits_update_proves_and_is_accepted_on_chain(w3: Web3) -> None:
     build = build_circuit(cfg)
     assert 90_000 <= build.constraints <= 96_000
     admin, member, other = (new_account(w3) for _ in range(3))
-    deployment = deploy(w3, admin, cfg, quorum=2, round_duration=3600, participants=[member.address, other.address])
+    deployment = deploy(w3, admin, cfg, quorum=2, round_duration=3600, participants=[member, other])
     aggregator = AggregatorClient(w3, deployment)
     global_model = aggregator.global_model()
     x, y = synthetic_batch(cfg, random.Random(5))
     update = train_step(cfg, global_model, x, y)
-    with ZokratesWorker(build.directory) as worker:
+    with Prover(build) as worker:
         result = worker.prove(
             witness_args(cfg, CircuitKind.PACKED, global_model, update, x, y, int(member.address, 16), 1)
         )

@@ -31,7 +31,7 @@ from wafl.data import load_org_data
 from wafl.messages import ProverJob
 from wafl.service import declare_topology, make_runtime
 from wafl.topology import DEAD_LETTER_REASON, Topology
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 from wafl_prover.handlers import ProverState, register
 from wafl_prover.proving import JobProver
 from wafl_prover.settings import ProverSettings
@@ -41,8 +41,8 @@ CONFIG = "wine-13x3-b16"
 
 
 @pytest.fixture(scope="module")
-def worker() -> Iterator[ZokratesWorker]:
-    with ZokratesWorker(build_circuit(load_config(CONFIG)).directory) as started:
+def worker() -> Iterator[Prover]:
+    with Prover(build_circuit(load_config(CONFIG))) as started:
         yield started
 
 
@@ -54,7 +54,7 @@ def member(w3: Web3) -> LocalAccount:
 @pytest.fixture(scope="module")
 def deployment(w3: Web3, member: LocalAccount) -> Deployment:
     admin = new_account(w3)
-    return deploy(w3, admin, load_config(CONFIG), quorum=2, round_duration=3600, participants=[member.address])
+    return deploy(w3, admin, load_config(CONFIG), quorum=2, round_duration=3600, participants=[member])
 
 
 def make_job(org: str, deployment: Deployment, w3: Web3, participant: str) -> ProverJob:
@@ -65,7 +65,7 @@ def make_job(org: str, deployment: Deployment, w3: Web3, participant: str) -> Pr
 
 
 async def run_prover(
-    org: str, worker: ZokratesWorker, deployment: Deployment, publish: list[bytes | dict[str, Any]],
+    org: str, worker: Prover, deployment: Deployment, publish: list[bytes | dict[str, Any]],
     expect_proofs: int, expect_dead: int,
 ) -> tuple[list[Any], list[Any]]:
     settings = ProverSettings(org=org, amqp_url=AMQP_URL, redis_url=REDIS_URL)
@@ -90,7 +90,7 @@ async def run_prover(
 
 
 def test_a_job_becomes_a_proof_the_contract_accepts_once(
-    org: str, worker: ZokratesWorker, deployment: Deployment, w3: Web3, member: LocalAccount,
+    org: str, worker: Prover, deployment: Deployment, w3: Web3, member: LocalAccount,
 ) -> None:
     job = json.loads(make_job(org, deployment, w3, member.address).model_dump_json())
     skipped = counter("wafl_duplicates_skipped_total", service="prover", stage="prove")
@@ -108,7 +108,7 @@ def test_a_job_becomes_a_proof_the_contract_accepts_once(
 
 
 def test_unprovable_and_malformed_jobs_are_dead_lettered(
-    org: str, worker: ZokratesWorker, deployment: Deployment, w3: Web3, member: LocalAccount,
+    org: str, worker: Prover, deployment: Deployment, w3: Web3, member: LocalAccount,
 ) -> None:
     job = json.loads(make_job(org, deployment, w3, member.address).model_dump_json())
     words = [int(w) for w in job["update_words"]]

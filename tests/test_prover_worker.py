@@ -1,4 +1,4 @@
-"""Error handling of the prover worker client (wafl.zk.ZokratesWorker over circuits/worker.mjs).
+"""Error handling of the prover worker client (wafl.zk.Prover over circuits/worker.mjs).
 
 What the client does, and these tests hold it to:
 - a request the worker rejects (bad arguments, unsatisfied witness) is answered with an error
@@ -33,7 +33,7 @@ from wafl.zk import (
     ProverError,
     ProverTimeoutError,
     UnsatisfiedConstraintError,
-    ZokratesWorker,
+    Prover,
 )
 
 CONFIG = "ref-9x6-b10"
@@ -45,15 +45,15 @@ def build() -> CircuitBuild:
 
 
 @pytest.fixture(scope="module")
-def worker(build: CircuitBuild) -> Iterator[ZokratesWorker]:
-    with ZokratesWorker(build.directory) as started:
+def worker(build: CircuitBuild) -> Iterator[Prover]:
+    with Prover(build) as started:
         yield started
 
 
 @pytest.fixture
-def fresh_worker(build: CircuitBuild) -> Iterator[ZokratesWorker]:
+def fresh_worker(build: CircuitBuild) -> Iterator[Prover]:
     """A worker of its own, for the tests that stop or kill it."""
-    with ZokratesWorker(build.directory) as started:
+    with Prover(build) as started:
         yield started
 
 
@@ -82,7 +82,7 @@ def wait_until_reapable(pid: int, timeout: float = 10.0) -> None:
 
 
 # ---- one process, many jobs -------------------------------------------------------------------
-def test_one_process_proves_several_jobs(worker: ZokratesWorker) -> None:
+def test_one_process_proves_several_jobs(worker: Prover) -> None:
     pid = worker.pid
     assert pid is not None and worker.ping()["pid"] == pid
     for round_id in (1, 2, 3):
@@ -114,7 +114,7 @@ BAD_ARGUMENTS = [
 
 @pytest.mark.parametrize(("args", "error", "message"), BAD_ARGUMENTS)
 def test_rejected_request_keeps_the_worker(
-    worker: ZokratesWorker, args: list[object], error: type[ProverError], message: str
+    worker: Prover, args: list[object], error: type[ProverError], message: str
 ) -> None:
     pid = worker.pid
     with pytest.raises(ProverError) as raised:
@@ -124,7 +124,7 @@ def test_rejected_request_keeps_the_worker(
     assert worker.ping()["pid"] == pid == worker.pid
 
 
-def test_unknown_method_keeps_the_worker(worker: ZokratesWorker) -> None:
+def test_unknown_method_keeps_the_worker(worker: Prover) -> None:
     pid = worker.pid
     with pytest.raises(ProverArgumentError, match="unknown method"):
         worker._call("train", None, 10.0)
@@ -134,7 +134,7 @@ def test_unknown_method_keeps_the_worker(worker: ZokratesWorker) -> None:
 
 
 # ---- timeouts and crashes ------------------------------------------------------------------------
-def test_timeout_stops_the_worker_and_the_next_call_starts_another(fresh_worker: ZokratesWorker) -> None:
+def test_timeout_stops_the_worker_and_the_next_call_starts_another(fresh_worker: Prover) -> None:
     old = fresh_worker.pid
     assert old is not None
     with pytest.raises(ProverTimeoutError, match="no answer"):
@@ -147,7 +147,7 @@ def test_timeout_stops_the_worker_and_the_next_call_starts_another(fresh_worker:
     assert fresh_worker.verify(result.proof, result.inputs)
 
 
-def test_worker_killed_between_calls_is_restarted(fresh_worker: ZokratesWorker) -> None:
+def test_worker_killed_between_calls_is_restarted(fresh_worker: Prover) -> None:
     old = fresh_worker.pid
     assert old is not None
     os.kill(old, signal.SIGKILL)
@@ -155,7 +155,7 @@ def test_worker_killed_between_calls_is_restarted(fresh_worker: ZokratesWorker) 
     assert fresh_worker.ping()["pid"] == fresh_worker.pid != old
 
 
-def test_worker_killed_during_a_call_raises_crashed(fresh_worker: ZokratesWorker) -> None:
+def test_worker_killed_during_a_call_raises_crashed(fresh_worker: Prover) -> None:
     old = fresh_worker.pid
     assert old is not None
     killer = threading.Timer(0.5, os.kill, (old, signal.SIGKILL))  # a proof takes ~2 s
@@ -173,7 +173,7 @@ def test_worker_killed_during_a_call_raises_crashed(fresh_worker: ZokratesWorker
 def test_build_without_program_is_refused(build: CircuitBuild, tmp_path: Path) -> None:
     for name in ("pk.bin", "abi.json", "vk.json"):
         shutil.copy(build.directory / name, tmp_path / name)
-    worker = ZokratesWorker(tmp_path)
+    worker = Prover(tmp_path)
     with pytest.raises(ProverError, match=r"has no program\.bin"), worker:
         pass
     assert worker.pid is None
@@ -182,7 +182,7 @@ def test_build_without_program_is_refused(build: CircuitBuild, tmp_path: Path) -
 def test_build_without_verification_key_fails_to_start(build: CircuitBuild, tmp_path: Path) -> None:
     for name in ("program.bin", "pk.bin", "abi.json"):
         (tmp_path / name).symlink_to(build.directory / name)
-    worker = ZokratesWorker(tmp_path)
+    worker = Prover(tmp_path)
     with pytest.raises(ProverCrashedError, match=r"failed to start.*vk\.json"), worker:
         pass
     assert worker.pid is None

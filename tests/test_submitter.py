@@ -14,20 +14,20 @@ from web3 import Web3
 
 from tests.brokers import REDIS_URL
 from tests.conftest import new_account
-from tests.test_chain_e2e import make_update
+from tests.updates import make_update
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import increase_time
 from wafl.chain.deploy import Deployment, deploy
 from wafl.config import ModelConfig
 from wafl.messages import ProofGenerated, RoundFinalizeSent, UpdateFailed, UpdateSubmitted
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 from wafl_submitter.core import Submitter, TxPolicy, TxRecord, UnknownRoundError, WrongParticipantError
 
 MIN_GAS_SUBMIT, MAX_GAS_SUBMIT = 250_000, 320_000
 
 
 def proof_message(
-    org: str, cfg: ModelConfig, worker: ZokratesWorker, aggregator: AggregatorClient, account: LocalAccount,
+    org: str, cfg: ModelConfig, worker: Prover, aggregator: AggregatorClient, account: LocalAccount,
     round_id: int, seed: int,
 ) -> ProofGenerated:
     update = make_update(cfg, worker, aggregator.global_model(), account.address, round_id, random.Random(seed))
@@ -55,11 +55,11 @@ def accepted_logs(aggregator: AggregatorClient, round_id: int, account: LocalAcc
 
 
 def test_update_is_submitted_once_across_replicas_and_redeliveries(
-    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: ZokratesWorker,
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
 ) -> None:
     admin, member, other = new_account(w3), new_account(w3), new_account(w3)
     deployment = deploy(w3, admin, ref_config, quorum=2, round_duration=3600,
-                        participants=[member.address, other.address])
+                        participants=[member, other])
     aggregator = AggregatorClient(w3, deployment)
     message = proof_message(org, ref_config, ref_worker, aggregator, member, 1, seed=1)
     redelivered = message.model_copy(update={"message_id": "redelivered"})
@@ -98,12 +98,12 @@ def test_update_is_submitted_once_across_replicas_and_redeliveries(
 
 
 def test_reverts_are_named_and_refused_updates_cost_no_transaction(
-    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: ZokratesWorker,
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
 ) -> None:
     admin = new_account(w3)
     a, b, c = (new_account(w3) for _ in range(3))
     deployment = deploy(w3, admin, ref_config, quorum=2, round_duration=3600,
-                        participants=[a.address, b.address, c.address])
+                        participants=[a, b, c])
     aggregator = AggregatorClient(w3, deployment)
     good = proof_message(org, ref_config, ref_worker, aggregator, a, 1, seed=2)
     tampered = good.model_copy(update={"proof": [good.proof[6], good.proof[7], *good.proof[2:6], good.proof[0],
@@ -156,7 +156,7 @@ def test_reverts_are_named_and_refused_updates_cost_no_transaction(
 
 def test_round_deadline_finalizes_once(org: str, w3: Web3, ref_config: ModelConfig) -> None:
     admin, member = new_account(w3), new_account(w3)
-    deployment = deploy(w3, admin, ref_config, quorum=1, round_duration=120, participants=[member.address])
+    deployment = deploy(w3, admin, ref_config, quorum=1, round_duration=120, participants=[member])
     aggregator = AggregatorClient(w3, deployment)
 
     async def scenario() -> list[RoundFinalizeSent | None]:
@@ -189,12 +189,12 @@ def test_round_deadline_finalizes_once(org: str, w3: Web3, ref_config: ModelConf
 
 
 def test_one_key_two_replicas_concurrent_finalize_and_submit(
-    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: ZokratesWorker,
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
 ) -> None:
     """The same key signs for two aggregators; two replicas send concurrently: one nonce sequence."""
     admin, member = new_account(w3), new_account(w3)
-    short = deploy(w3, admin, ref_config, quorum=2, round_duration=60, participants=[member.address])
-    long = deploy(w3, admin, ref_config, quorum=2, round_duration=3600, participants=[member.address])
+    short = deploy(w3, admin, ref_config, quorum=2, round_duration=60, participants=[member])
+    long = deploy(w3, admin, ref_config, quorum=2, round_duration=3600, participants=[member])
     message = proof_message(org, ref_config, ref_worker, AggregatorClient(w3, long), member, 1, seed=7)
     increase_time(w3, 61)
 

@@ -24,7 +24,7 @@ from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.deploy import Deployment, deploy
 from wafl.config import ModelConfig
 from wafl.messages import UpdateFailed, UpdateSubmitted
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 from wafl_submitter.core import TxRecord
 from wafl_submitter.nonces import NonceManager
 
@@ -68,7 +68,7 @@ async def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> Any:
 def setup(w3: Web3, ref_config: ModelConfig) -> tuple[Deployment, LocalAccount]:
     admin, member, other = new_account(w3), new_account(w3), new_account(w3)
     deployment = deploy(w3, admin, ref_config, quorum=2, round_duration=3600,
-                        participants=[member.address, other.address])
+                        participants=[member, other])
     return deployment, member
 
 
@@ -121,7 +121,7 @@ def test_two_nonce_managers_allocate_distinct_consecutive_nonces(org: str, w3: W
 
 
 def test_dropped_transaction_is_resent_with_the_same_nonce(
-    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: ZokratesWorker,
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
     setup: tuple[Deployment, LocalAccount], manual_mining: None,
 ) -> None:
     deployment, member = setup
@@ -162,7 +162,7 @@ def test_dropped_transaction_is_resent_with_the_same_nonce(
 
 
 def test_unmined_transaction_is_replaced_with_a_higher_fee_and_accepted_once(
-    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: ZokratesWorker,
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
     setup: tuple[Deployment, LocalAccount], manual_mining: None,
 ) -> None:
     """Stuck in the pool (here: never mined, then a base-fee spike prices it out): every
@@ -214,7 +214,7 @@ def test_unmined_transaction_is_replaced_with_a_higher_fee_and_accepted_once(
 
 
 def test_mined_revert_is_reported_by_name_and_not_retried(
-    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: ZokratesWorker,
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
     setup: tuple[Deployment, LocalAccount], manual_mining: None,
 ) -> None:
     deployment, member = setup
@@ -254,7 +254,7 @@ def _receipt(w3: Web3, tx_hash: str) -> Any:
 
 
 def test_nonce_taken_by_another_transaction_gets_a_new_nonce_once(
-    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: ZokratesWorker,
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
     setup: tuple[Deployment, LocalAccount], manual_mining: None,
 ) -> None:
     """Someone else signs with the key (an operator's transfer) and takes the nonce of the pending

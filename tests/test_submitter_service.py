@@ -29,7 +29,7 @@ from wafl.config import ModelConfig
 from wafl.messages import RoundDeadline
 from wafl.service import declare_topology, make_runtime
 from wafl.topology import DEAD_LETTER_REASON, Topology
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 from wafl_submitter.core import Submitter, TxPolicy
 from wafl_submitter.handlers import SubmitterState, register
 from wafl_submitter.settings import SubmitterSettings
@@ -46,11 +46,11 @@ async def until(predicate: Any, what: str, timeout: float = 60.0) -> None:
 
 
 def test_proof_and_deadline_messages_through_the_broker(
-    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: ZokratesWorker,
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
 ) -> None:
     admin, member, other = new_account(w3), new_account(w3), new_account(w3)
     deployment = deploy(w3, admin, ref_config, quorum=2, round_duration=ROUND_SECONDS,
-                        participants=[member.address, other.address])
+                        participants=[member, other])
     aggregator = AggregatorClient(w3, deployment)
     good = proof_message(org, ref_config, ref_worker, aggregator, member, 1, seed=31)
     good_body = json.loads(good.model_dump_json())
@@ -146,7 +146,7 @@ def artifact(
     admin = new_account(w3)
     fund(w3, registered.address)
     deployment = deploy(w3, admin, ref_config, quorum=1, round_duration=ROUND_SECONDS,
-                        participants=[registered.address])
+                        participants=[registered])
     path = tmp_path_factory.mktemp("submitter") / "deployment.json"
     deployment.save(path)
     return path, deployment

@@ -31,7 +31,7 @@ CONFIG = "wine-13x3-b16"
 @pytest.fixture(scope="module")
 def deployment(w3: Web3) -> Deployment:
     admin, member = new_account(w3), new_account(w3)
-    return deploy(w3, admin, load_config(CONFIG), quorum=1, round_duration=3600, participants=[member.address])
+    return deploy(w3, admin, load_config(CONFIG), quorum=1, round_duration=3600, participants=[member])
 
 
 def opened(org: str, deployment: Deployment, w3: Web3, round_id: int = 1) -> RoundOpened:

@@ -28,7 +28,7 @@ from wafl.circuit import CircuitKind, public_inputs, witness_args
 from wafl.config import ModelConfig
 from wafl.fixedpoint import Matrix, Weights, train_step
 from wafl.packing import pack
-from wafl.zk import ProofResult, ZokratesWorker
+from wafl.zk import ProofResult, Prover
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _accounts(w3: Web3, n: int) -> Iterator[LocalAccount]:
 
 def _prove_and_submit(
     cfg: ModelConfig,
-    worker: ZokratesWorker,
+    worker: Prover,
     aggregator: AggregatorClient,
     account: LocalAccount,
     round_id: int,
@@ -76,12 +76,12 @@ def bench_packed(cfg: ModelConfig, options: BenchOptions) -> dict[str, Any]:
     proof_seconds: list[float] = []
     submit_gas: list[int] = []
     finalizing_gas: list[int] = []
-    with Anvil() as anvil, ZokratesWorker(build.directory) as worker:
+    with Anvil() as anvil, Prover(build) as worker:
         w3 = anvil.web3()
         admin, *members = _accounts(w3, options.participants + 1)
         deployment = deploy(
             w3, admin, cfg, quorum=options.participants, round_duration=3600,
-            participants=[m.address for m in members],
+            participants=members,
         )
         aggregator = AggregatorClient(w3, deployment)
         for round_id in range(1, options.rounds + 1):
@@ -120,7 +120,7 @@ def bench_naive(cfg: ModelConfig, options: BenchOptions) -> dict[str, Any]:
     # The naive verifier outgrows the 24 KB contract size limit (and, for digits, a 30M-gas
     # block) on larger models; anvil lifts both so that its verification gas can be measured.
     lifted = ["--disable-code-size-limit", "--gas-limit", "1000000000"]
-    with Anvil(extra_args=lifted) as anvil, ZokratesWorker(build.directory) as worker:
+    with Anvil(extra_args=lifted) as anvil, Prover(build) as worker:
         w3 = anvil.web3()
         (sender,) = _accounts(w3, 1)
         factory = w3.eth.contract(abi=compiled["abi"], bytecode=compiled["bytecode"])

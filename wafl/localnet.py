@@ -206,7 +206,7 @@ def federation(cfg: ModelConfig, workdir: Path, org_count: int = 3, round_durati
             key_file.chmod(0o600)
             orgs.append(Org(f"f{tag}o{index}", index, account, key_file, redis_db=1 + index))
         deployment = deploy(w3, admin, cfg, quorum=quorum or org_count, round_duration=round_duration,
-                            participants=[o.account.address for o in orgs])
+                            participants=[o.account for o in orgs])
         deployment_path = workdir / "deployment.json"
         deployment.save(deployment_path)
         vhost = f"wafl-{tag}"

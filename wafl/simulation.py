@@ -46,7 +46,7 @@ from wafl.packing import pack, unpack
 from wafl.service import Runtime, declare_topology, make_broker
 from wafl.settings import ServiceSettings
 from wafl.topology import DEAD_LETTER_REASON, DEAD_LETTER_SERVICE, Topology
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 from wafl_chain_watcher.follower import ChainFollower
 from wafl_chain_watcher.handlers import Watcher, WatcherState
 from wafl_metrics.book import MetricsBook
@@ -124,7 +124,7 @@ class HonestOrg:
     """One organisation's five services on one broker and one Redis."""
 
     def __init__(self, name: str, index: int, account: LocalAccount, plan: Plan, deployment: Deployment,
-                 w3: Web3, worker: ZokratesWorker, redis: aioredis.Redis, amqp_url: str,
+                 w3: Web3, worker: Prover, redis: aioredis.Redis, amqp_url: str,
                  observer: tuple[str, Callable[[str, Message], None]] | None = None) -> None:
         self.name = name
         self.account = account
@@ -214,11 +214,11 @@ class Simulation:
                 fund(w3, account.address)
             # Quorum: the honest organisations. A rejected update never counts towards it.
             deployment = deploy(w3, admin, cfg, quorum=plan.honest, round_duration=3600,
-                                participants=[m.address for m in members])
+                                participants=members)
             aggregator = AggregatorClient(w3, deployment)
             self.progress.on_start(f"aggregator {deployment.address}: {plan.orgs} organisations "
                                    f"({plan.malicious} malicious), quorum {plan.honest}")
-            workers = [stack.enter_context(ZokratesWorker(build.directory)) for _ in range(plan.honest)]
+            workers = [stack.enter_context(Prover(build)) for _ in range(plan.honest)]
             redis = self._redis()
             amqp_url = plan.servers.amqp_url or "amqp://guest:guest@127.0.0.1:5672/"
             honest = [HonestOrg(self._org_name(i), i, members[i], plan, deployment, w3, workers[i], redis, amqp_url,

@@ -1,24 +1,39 @@
-"""Python client of the long-lived ZoKrates prover worker (circuits/worker.mjs).
+"""The prover: a witness from ZoKrates' program, a Groth16 proof from a key set, checked.
 
-The worker loads a circuit's program and proving key once and proves many jobs. Every way it
-can fail becomes one of the exceptions below; a timeout kills the worker (a stuck wasm proof
-cannot be interrupted) and the next call starts a fresh one.
+`Prover` keeps two long-lived child processes per circuit and key set, each loading its keys
+once and proving many jobs: the Node worker (circuits/worker.mjs: zokrates-js computes the
+witness, snarkjs verifies every proof and is the second proving backend) and, for the default
+``groth16py`` backend, the native prover (wafl/native_prover.py, arkworks). No proof leaves
+`Prover.prove` unless snarkjs has verified it against the key set's verification key: a
+backend bug can cost a job, never put a bad proof on chain. Every way a child can fail becomes
+one of the exceptions below; a timeout kills the child (a stuck proof cannot be interrupted)
+and the next call starts a fresh one.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import queue
+import shutil
 import subprocess
+import sys
+import tempfile
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
+from wafl.keys import KeySet
 from wafl.paths import CIRCUIT_DIR, NODE
+
+if TYPE_CHECKING:
+    from wafl.build import CircuitBuild
 
 
 class ProverError(RuntimeError):
@@ -39,6 +54,10 @@ class ProverTimeoutError(ProverError):
 
 class ProverCrashedError(ProverError):
     pass
+
+
+class InvalidProofError(ProverError):
+    """A backend produced a proof that does not verify: it is never published."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,7 @@ class ProofResult:
     inputs: list[int]
     witness_seconds: float
     proof_seconds: float
+    verify_seconds: float = 0.0
 
 
 def _hex32(value: int) -> str:
@@ -88,28 +108,36 @@ _ERRORS: dict[str, type[ProverError]] = {
 }
 
 
-class ZokratesWorker:
-    """One Node process holding one circuit; one request at a time (calls are serialised)."""
+class Backend(StrEnum):
+    """Who computes the proof; snarkjs verifies it either way."""
 
-    def __init__(self, build_dir: Path, startup_timeout: float = 120.0) -> None:
-        self.build_dir = Path(build_dir)
+    GROTH16PY = "groth16py"  # native arkworks, one core: the default
+    SNARKJS = "snarkjs"  # the second backend: needs the key set's circuit.zkey
+
+
+class JsonLineProcess:
+    """One child process answering JSON-line requests; calls are serialised."""
+
+    def __init__(
+        self, command: Sequence[str], name: str, startup_timeout: float = 120.0, cores: int | None = None
+    ) -> None:
+        self.command = list(command)
+        self.name = name
         self.startup_timeout = startup_timeout
+        self.cores = cores
         self._proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stderr: deque[str] = deque(maxlen=40)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    # ---- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
-        for name in ("program.bin", "pk.bin", "abi.json"):
-            if not (self.build_dir / name).exists():
-                raise ProverError(f"circuit build {self.build_dir} has no {name}: build it first")
         self._lines = queue.Queue()
+        cores = self.cores
         self._proc = subprocess.Popen(
-            [NODE, str(CIRCUIT_DIR / "worker.mjs"), str(self.build_dir)],
+            self.command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -118,13 +146,15 @@ class ZokratesWorker:
             # Its own session: a Ctrl-C or SIGTERM for the service does not kill a proof in
             # progress; the service finishes (or returns) its job and then closes the worker.
             start_new_session=True,
+            preexec_fn=(lambda: _pin(cores)) if cores else None,
         )
         threading.Thread(target=self._pump_stdout, args=(self._proc, self._lines), daemon=True).start()
         threading.Thread(target=self._pump_stderr, args=(self._proc,), daemon=True).start()
         ready = self._read(None, self.startup_timeout)
         if not ready.get("ok"):
             self.close()
-            raise ProverCrashedError(f"prover worker failed to start: {ready.get('error')}")
+            error = ready.get("error") or {}
+            raise ProverCrashedError(f"{self.name} failed to start: {error.get('message', error)}")
 
     def close(self) -> None:
         proc, self._proc = self._proc, None
@@ -141,34 +171,7 @@ class ZokratesWorker:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    # ---- requests ----------------------------------------------------------------------
-    def ping(self, timeout: float = 10.0) -> dict[str, Any]:
-        return self._call("ping", None, timeout)
-
-    def prove(self, args: list[Any], timeout: float = 300.0) -> ProofResult:
-        result = self._call("prove", args, timeout)
-        return ProofResult(
-            proof=Groth16Proof.from_json(result["proof"]),
-            inputs=[int(v, 16) for v in result["inputs"]],
-            witness_seconds=float(result["witness_seconds"]),
-            proof_seconds=float(result["proof_seconds"]),
-        )
-
-    def verify(self, proof: Groth16Proof, inputs: list[int], timeout: float = 60.0) -> bool:
-        """Off-chain Groth16 check against the build's verification key."""
-        args = {"proof": proof.to_json(), "inputs": [_hex32(v) for v in inputs]}
-        return bool(self._call("verify", args, timeout)["valid"])
-
-    def _call(self, method: str, args: list[Any] | dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+    def call(self, method: str, args: list[Any] | dict[str, Any] | None, timeout: float) -> dict[str, Any]:
         with self._lock:
             self.start()
             assert self._proc is not None and self._proc.stdin is not None
@@ -178,7 +181,7 @@ class ZokratesWorker:
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError) as exc:
                 self.close()
-                raise ProverCrashedError(f"prover worker is gone: {exc}; {self._stderr_tail()}") from exc
+                raise ProverCrashedError(f"{self.name} is gone: {exc}; {self._stderr_tail()}") from exc
             reply = self._read(request_id, timeout)
         if reply.get("ok"):
             result: dict[str, Any] = reply["result"]
@@ -193,12 +196,10 @@ class ZokratesWorker:
                 line = self._lines.get(timeout=timeout)
             except queue.Empty:
                 self.close()
-                raise ProverTimeoutError(
-                    f"prover worker gave no answer within {timeout:g}s; it was stopped"
-                ) from None
+                raise ProverTimeoutError(f"{self.name} gave no answer within {timeout:g}s; it was stopped") from None
             if line is None:
                 self.close()
-                raise ProverCrashedError(f"prover worker exited; {self._stderr_tail()}")
+                raise ProverCrashedError(f"{self.name} exited; {self._stderr_tail()}")
             try:
                 reply: dict[str, Any] = json.loads(line)
             except json.JSONDecodeError:
@@ -221,3 +222,134 @@ class ZokratesWorker:
         assert proc.stderr is not None
         for line in proc.stderr:
             self._stderr.append(line.rstrip())
+
+
+def _pin(cores: int) -> None:
+    """Keep a child on the first `cores` of the cores this process may use (one per replica)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, allowed[:cores])
+
+
+class Prover:
+    """Witness (zokrates-js), proof (the backend), check (snarkjs) for one circuit and key set."""
+
+    def __init__(
+        self,
+        build: CircuitBuild,
+        keys: KeySet | None = None,
+        backend: Backend | str = Backend.GROTH16PY,
+        startup_timeout: float = 120.0,
+        cores: int | None = None,
+        zokrates_proving_key: Path | None = None,
+    ) -> None:
+        from wafl.build import development_keys
+
+        self.build = build
+        self.keys = keys if keys is not None else development_keys(build)
+        self.backend = Backend(backend)
+        if self.keys.circuit_sha256 != build.circuit_sha256:
+            raise ProverError(
+                f"the key set {self.keys.directory} was made for another circuit "
+                f"({self.keys.circuit_sha256[:16]}, this build is {build.circuit_sha256[:16]})"
+            )
+        if self.backend is Backend.SNARKJS and self.keys.zkey is None:
+            raise ProverError(f"the snarkjs backend needs a circuit.zkey; {self.keys.directory} has none")
+        node_command = [NODE, str(CIRCUIT_DIR / "worker.mjs"), str(build.directory), str(self.keys.directory)]
+        if zokrates_proving_key is not None:
+            node_command.append(str(zokrates_proving_key))
+        self._node = JsonLineProcess(node_command, "prover worker (node)", startup_timeout, cores)
+        self._native = (
+            JsonLineProcess(
+                [sys.executable, "-m", "wafl.native_prover", str(self.keys.directory)],
+                "native prover (groth16py)",
+                startup_timeout,
+                cores,
+            )
+            if self.backend is Backend.GROTH16PY
+            else None
+        )
+        self._scratch: Path | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        for name in ("program.bin", "abi.json"):
+            if not (self.build.directory / name).exists():
+                raise ProverError(f"circuit build {self.build.directory} has no {name}: build it first")
+        if self._scratch is None:
+            # Witnesses hold the private training batch: a directory only this user can read.
+            self._scratch = Path(tempfile.mkdtemp(prefix="wafl-witness-"))
+        self._node.start()
+        if self._native is not None:
+            self._native.start()
+
+    def close(self) -> None:
+        self._node.close()
+        if self._native is not None:
+            self._native.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
+
+    @property
+    def pid(self) -> int | None:
+        """The Node worker's pid (what a crash test kills)."""
+        return self._node.pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [p for p in (self._node.pid, self._native.pid if self._native else None) if p is not None]
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ---- requests ----------------------------------------------------------------------
+    def ping(self, timeout: float = 10.0) -> dict[str, Any]:
+        return self._node.call("ping", None, timeout)
+
+    def prove(self, args: list[Any], timeout: float = 300.0) -> ProofResult:
+        """Witness, proof, verification; raises InvalidProofError rather than return a bad proof."""
+        self.start()
+        assert self._scratch is not None
+        wtns = self._scratch / f"job-{next(_JOB_IDS)}.wtns"
+        try:
+            witness = self._node.call("witness", {"args": args, "wtns_path": str(wtns)}, timeout)
+            inputs = [int(v, 16) for v in witness["inputs"]]
+            worker = self._native if self._native is not None else self._node
+            proved = worker.call("prove", {"wtns_path": str(wtns)}, timeout)
+        finally:
+            wtns.unlink(missing_ok=True)
+        proof = Groth16Proof.from_json(proved["proof"])
+        checked = self._node.call("verify", {"proof": proof.to_json(), "inputs": [_hex32(v) for v in inputs]}, 60.0)
+        if not checked["valid"]:
+            raise InvalidProofError(f"the {self.backend} backend produced a proof that does not verify; not published")
+        return ProofResult(
+            proof=proof,
+            inputs=inputs,
+            witness_seconds=float(witness["witness_seconds"]),
+            proof_seconds=float(proved["proof_seconds"]),
+            verify_seconds=float(checked.get("seconds", 0.0)),
+        )
+
+    def prove_zokrates(self, args: list[Any], timeout: float = 300.0) -> ProofResult:
+        """zokrates-js' own prover on its own setup (the benchmark's baseline)."""
+        result = self._node.call("prove_zokrates", args, timeout)
+        return ProofResult(
+            proof=Groth16Proof.from_json(result["proof"]),
+            inputs=[int(v, 16) for v in result["inputs"]],
+            witness_seconds=float(result["witness_seconds"]),
+            proof_seconds=float(result["proof_seconds"]),
+        )
+
+    def verify(self, proof: Groth16Proof, inputs: list[int], timeout: float = 60.0) -> bool:
+        """Off-chain Groth16 check (snarkjs) against the key set's verification key."""
+        args = {"proof": proof.to_json(), "inputs": [_hex32(v) for v in inputs]}
+        return bool(self._node.call("verify", args, timeout)["valid"])
+
+
+_JOB_IDS = itertools.count(1)

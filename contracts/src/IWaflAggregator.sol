@@ -9,6 +9,8 @@ interface IWaflAggregator {
     /// @notice The round's accepted updates were averaged into the next round's global model
     /// (unchanged when no update was accepted).
     event RoundFinalized(uint64 indexed round, uint32 accepted);
+    /// @notice A participant confirmed the verification key; `attested` of `registered` so far.
+    event KeysAttested(address indexed participant, bytes32 keyHash, uint256 attested, uint256 registered);
 
     error Wafl__NotParticipant(address account);
     error Wafl__RoundClosed(uint64 round, uint64 currentRound);
@@ -20,6 +22,12 @@ interface IWaflAggregator {
     error Wafl__InvalidProof();
     error Wafl__TooManyParticipants(uint256 maxParticipants);
     error Wafl__InvalidLayout(string reason);
+    error Wafl__WrongKeyHash(bytes32 expected, bytes32 given);
+    error Wafl__AlreadyAttested(address participant);
+    error Wafl__NotAttested(address participant);
+    /// @notice Round 1 has not opened: not every registered participant has attested the keys.
+    error Wafl__KeysNotAttested(uint256 attested, uint256 registered);
+    error Wafl__AlreadyStarted();
 
     struct Layout {
         uint32 nWeights;
@@ -32,6 +40,14 @@ interface IWaflAggregator {
     function submitUpdate(uint64 round, uint256[] calldata updateWords, uint256[8] calldata proof) external;
 
     function finalizeRound() external;
+
+    function attestKeys(bytes32 keyHash) external;
+
+    function openFirstRound() external;
+
+    function verificationKeyHash() external view returns (bytes32);
+
+    function hasAttested(address participant) external view returns (bool);
 
     function currentRound() external view returns (uint64 round, uint64 deadline, uint32 accepted);
 

@@ -7,6 +7,16 @@ pragma solidity 0.8.30;
 /// computed once per round; an update then costs one scalar multiplication per update word
 /// plus one for the sender.
 interface IWaflVerifier {
+    error WaflVerifier__WrongInputCount(uint256 expected, uint256 given);
+    /// @notice A public input at or above the scalar field order (index in the full input list).
+    error WaflVerifier__InputNotInField(uint256 index);
+    error WaflVerifier__BadPoint();
+    error WaflVerifier__BadKey(uint256 words);
+    error WaflVerifier__KeyStoreFailed();
+
+    /// @return keccak256 of the packed verification key words the verifier was deployed with.
+    function keyHash() external view returns (bytes32);
+
     /// @return The number of packed words of a model (global or update).
     function nWords() external view returns (uint256);
 
@@ -16,7 +26,7 @@ interface IWaflVerifier {
         view
         returns (uint256[2] memory share);
 
-    /// @param proof a.x, a.y, b.x0, b.x1, b.y0, b.y1, c.x, c.y in ZoKrates' order.
+    /// @param proof a.x, a.y, b.x0, b.x1, b.y0, b.y1, c.x, c.y (each G2 coordinate real part first).
     /// @return True when the proof verifies for (share, updateWords, sender); false for any
     /// invalid proof, including points that are not on the curve.
     function verifyUpdate(

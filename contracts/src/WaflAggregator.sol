@@ -10,6 +10,10 @@ import {IWaflVerifier} from "./IWaflVerifier.sol";
 /// slot of `slotBits` bits whose zero headroom lets up to `maxParticipants` updates be added
 /// word by word. The average of a lane is floor(laneSum / n), which equals the Python
 /// reference's floor(sum(w) / n) once the offsets are taken out.
+/// Keys: the aggregator records the hash of the verification key its verifier was deployed
+/// with. Round 1 opens only once every registered participant has attested that hash (after
+/// checking its own contribution in the ceremony's final key), and a participant registered
+/// later attests before its first submission.
 contract WaflAggregator is AccessControl, IWaflAggregator {
     bytes32 public constant PARTICIPANT_ROLE = keccak256("PARTICIPANT_ROLE");
 
@@ -18,6 +22,7 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
     uint256 private constant SUM_SENTINEL = 1 << 255;
 
     IWaflVerifier public immutable verifier;
+    bytes32 public immutable verificationKeyHash;
     uint256 public immutable nWeights;
     uint256 public immutable nWords;
     uint256 public immutable weightBits;
@@ -35,14 +40,21 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
         uint32 accepted;
     }
 
+    /// @dev One slot per participant, read once per submission.
+    struct Member {
+        /// @dev type(uint64).max from registration until the first submission, so that
+        /// recording a submission never writes a zero slot.
+        uint64 lastRound;
+        bool attested;
+    }
+
     RoundState private _state;
     uint256 public participantCount;
+    uint256 public attestedCount;
     uint256[2] private _roundShare;
     mapping(uint256 word => uint256) private _global;
     mapping(uint256 word => uint256) private _sum;
-    /// @dev type(uint64).max from registration until the first submission, so that recording
-    /// a submission never writes a zero slot.
-    mapping(address participant => uint64) private _lastRound;
+    mapping(address participant => Member) private _members;
 
     constructor(
         IWaflVerifier verifier_,
@@ -64,6 +76,7 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
         uint256 words = (uint256(layout.nWeights) + layout.lanesPerWord - 1) / layout.lanesPerWord;
         if (words != verifier_.nWords()) revert Wafl__InvalidLayout("verifier has another word count");
         verifier = verifier_;
+        verificationKeyHash = verifier_.keyHash();
         nWeights = layout.nWeights;
         nWords = words;
         weightBits = layout.weightBits;
@@ -83,7 +96,6 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
             _sum[i] = SUM_SENTINEL;
         }
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
-        _openRound(1, initialGlobalWords);
     }
 
     // ---- participants ---------------------------------------------------------------------
@@ -98,14 +110,50 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
         if (role == PARTICIPANT_ROLE && !hasRole(role, account)) {
             if (participantCount >= maxParticipants) revert Wafl__TooManyParticipants(maxParticipants);
             participantCount += 1;
-            if (_lastRound[account] == 0) _lastRound[account] = type(uint64).max;
+            if (_members[account].lastRound == 0) _members[account].lastRound = type(uint64).max;
         }
         granted = super._grantRole(role, account);
     }
 
     function _revokeRole(bytes32 role, address account) internal override returns (bool revoked) {
         revoked = super._revokeRole(role, account);
-        if (revoked && role == PARTICIPANT_ROLE) participantCount -= 1;
+        if (revoked && role == PARTICIPANT_ROLE) {
+            participantCount -= 1;
+            if (_members[account].attested) {
+                _members[account].attested = false;
+                attestedCount -= 1;
+            }
+        }
+    }
+
+    // ---- keys -----------------------------------------------------------------------------
+
+    /// @notice A participant confirms the verification key (the ceremony's output it checked).
+    /// The last attestation of the registered participants opens round 1.
+    function attestKeys(bytes32 keyHash) external {
+        if (!hasRole(PARTICIPANT_ROLE, msg.sender)) revert Wafl__NotParticipant(msg.sender);
+        if (keyHash != verificationKeyHash) revert Wafl__WrongKeyHash(verificationKeyHash, keyHash);
+        Member storage member = _members[msg.sender];
+        if (member.attested) revert Wafl__AlreadyAttested(msg.sender);
+        member.attested = true;
+        uint256 attested = attestedCount + 1;
+        attestedCount = attested;
+        emit KeysAttested(msg.sender, keyHash, attested, participantCount);
+        if (_state.round == 0 && attested == participantCount) {
+            _openRound(1, globalModel());
+        }
+    }
+
+    /// @notice Opens round 1 once every registered participant has attested the keys; for when
+    /// the last attestation came before a revocation.
+    function openFirstRound() external {
+        if (_state.round != 0) revert Wafl__AlreadyStarted();
+        _requireAllAttested();
+        _openRound(1, globalModel());
+    }
+
+    function _requireAllAttested() private view {
+        if (participantCount == 0 || attestedCount < participantCount) revert Wafl__KeysNotAttested(attestedCount, participantCount);
     }
 
     // ---- rounds ---------------------------------------------------------------------------
@@ -113,9 +161,12 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
     function submitUpdate(uint64 round, uint256[] calldata updateWords, uint256[8] calldata proof) external {
         if (!hasRole(PARTICIPANT_ROLE, msg.sender)) revert Wafl__NotParticipant(msg.sender);
         RoundState memory state = _state;
+        if (state.round == 0) _requireAllAttested();
         if (round != state.round) revert Wafl__RoundClosed(round, state.round);
         if (block.timestamp >= state.deadline) revert Wafl__DeadlinePassed(state.round, state.deadline);
-        if (_lastRound[msg.sender] == state.round) revert Wafl__AlreadySubmitted(state.round, msg.sender);
+        Member memory member = _members[msg.sender];
+        if (!member.attested) revert Wafl__NotAttested(msg.sender);
+        if (member.lastRound == state.round) revert Wafl__AlreadySubmitted(state.round, msg.sender);
         uint256 words = nWords;
         if (updateWords.length != words) revert Wafl__WrongWordCount(words, updateWords.length);
         for (uint256 i = 0; i < words; ++i) {
@@ -126,7 +177,7 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
         for (uint256 i = 0; i < words; ++i) {
             _sum[i] += updateWords[i];
         }
-        _lastRound[msg.sender] = state.round;
+        _members[msg.sender] = Member({lastRound: state.round, attested: true});
         state.accepted += 1;
         emit UpdateAccepted(state.round, msg.sender, state.accepted);
         if (state.accepted >= quorum) {
@@ -139,6 +190,7 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
     /// @notice Anyone may close a round once its deadline has passed.
     function finalizeRound() external {
         RoundState memory state = _state;
+        if (state.round == 0) _requireAllAttested();
         if (block.timestamp < state.deadline) revert Wafl__DeadlineNotReached(state.round, state.deadline);
         _finalize(state);
     }
@@ -186,7 +238,7 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
         return (state.round, state.deadline, state.accepted);
     }
 
-    function globalModel() external view returns (uint256[] memory words) {
+    function globalModel() public view returns (uint256[] memory words) {
         words = new uint256[](nWords);
         for (uint256 i = 0; i < words.length; ++i) {
             words[i] = _global[i];
@@ -194,7 +246,11 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
     }
 
     function hasSubmitted(address participant) external view returns (bool) {
-        return _lastRound[participant] == _state.round;
+        return _members[participant].lastRound == _state.round;
+    }
+
+    function hasAttested(address participant) external view returns (bool) {
+        return _members[participant].attested;
     }
 
     function _payloadMaskOf(uint256 index, uint256 words) private view returns (uint256) {

@@ -1,20 +1,27 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.30;
 
-// "./Verifier.sol" is the ZoKrates-exported verifier of one configuration's circuit
-// (contracts/generated/<config>/Verifier.sol); the build maps it in per configuration.
-import {Verifier} from "./Verifier.sol";
 import {IWaflVerifier} from "./IWaflVerifier.sol";
 
-/// @title Split Groth16 verifier over the ZoKrates-generated verifying key.
-/// @dev The verifying key is the generated Verifier's, unchanged. It is read once, at
-/// deployment, and kept as the code of a data contract (SSTORE2): building ZoKrates' key struct
-/// in memory on every call costs ~860 gas per public input, one extcodecopy costs ~6 gas per
-/// point. The input sum is split (round share + update share), and the precompile calls
-/// return false instead of burning all gas on invalid points.
-contract WaflVerifier is Verifier, IWaflVerifier {
+/// @title Split Groth16 verifier over the verification key it is deployed with.
+/// @dev One contract for every circuit: the key (a ceremony's, or development keys in tests)
+/// is a constructor argument, and `keyHash` (keccak256 of the packed key words) is what
+/// participants attest and the deployment artifact records. The key is kept as the code of a
+/// data contract (SSTORE2): one extcodecopy costs ~6 gas per point, against ~860 gas per public
+/// input for a key built in memory on every call. The input sum is split (round share + update
+/// share). Every precompile call gets exactly its EIP-1108 price, so an invalid point costs that
+/// price and no more (a call with all the gas would burn it on failure), and public inputs must
+/// be scalar field elements (ecMul reduces a scalar modulo the group order, so word + r would
+/// verify like word).
+contract WaflVerifier is IWaflVerifier {
     /// @dev BN254 base field modulus, for negating G1 points.
     uint256 private constant Q = 21888242871839275222246405745257275088696311157297823662689037894645226208583;
+    /// @dev BN254 scalar field order: every public input must be below it.
+    uint256 private constant R = 21888242871839275222246405745257275088548364400416034343698204186575808495617;
+    /// @dev EIP-1108 precompile prices: ecAdd, ecMul, and the pairing of four pairs.
+    uint256 private constant EC_ADD_GAS = 150;
+    uint256 private constant EC_MUL_GAS = 6000;
+    uint256 private constant PAIRING_4_GAS = 34000 * 4 + 45000;
 
     // Layout of the key data (32-byte words): -alpha (2), beta (4), gamma (4), delta (4), with G2
     // coordinates already in EIP-197 order, then IC_0, IC_1, ... (2 words each).
@@ -23,25 +30,27 @@ contract WaflVerifier is Verifier, IWaflVerifier {
     uint256 private constant DELTA_OFFSET = 10 * 32;
     uint256 private constant IC_OFFSET = 14 * 32;
 
+    /// @dev alpha (2 words), beta, gamma, delta (4 each, EIP-197 order): then IC_0, IC_1, ...
+    uint256 private constant FIXED_KEY_WORDS = 14;
+
     uint256 public immutable nWords;
+    bytes32 public immutable keyHash;
     address private immutable _key;
 
-    error WaflVerifier__WrongInputCount(uint256 expected, uint256 given);
-    error WaflVerifier__BadPoint();
-    error WaflVerifier__KeyStoreFailed();
-
-    constructor() {
-        VerifyingKey memory vk = verifyingKey();
-        // inputs = 2 * nWords + 2 (global words, round, update words, sender)
-        nWords = (vk.gamma_abc.length - 3) / 2;
-        (uint256 ax, uint256 ay) = _negate(vk.alpha.X, vk.alpha.Y);
-        bytes memory blob = abi.encodePacked(
-            ax, ay, _g2(vk.beta.X, vk.beta.Y), _g2(vk.gamma.X, vk.gamma.Y), _g2(vk.delta.X, vk.delta.Y)
-        );
-        for (uint256 i = 0; i < vk.gamma_abc.length; ++i) {
-            blob = abi.encodePacked(blob, vk.gamma_abc[i].X, vk.gamma_abc[i].Y);
+    /// @param key alpha, beta, gamma, delta, IC_0 .. IC_{2n+2} as words, G2 coordinates in the
+    /// precompile's order (imaginary part first); n = nWords. See wafl/keys.py (vk_words).
+    constructor(uint256[] memory key) {
+        // inputs = 2 * nWords + 2 (global words, round, update words, sender): 2n + 3 IC points
+        if (key.length < FIXED_KEY_WORDS + 2 * 5 || (key.length - FIXED_KEY_WORDS) % 4 != 2) {
+            revert WaflVerifier__BadKey(key.length);
         }
-        _key = _storeCode(blob);
+        for (uint256 i = 0; i < key.length; ++i) {
+            if (key[i] >= Q) revert WaflVerifier__BadKey(key.length);
+        }
+        nWords = ((key.length - FIXED_KEY_WORDS) / 2 - 3) / 2;
+        keyHash = keccak256(abi.encodePacked(key));
+        (key[0], key[1]) = _negate(key[0], key[1]);
+        _key = _storeCode(abi.encodePacked(key));
     }
 
     function roundShare(uint256[] calldata globalWords, uint256 round)
@@ -52,6 +61,10 @@ contract WaflVerifier is Verifier, IWaflVerifier {
         uint256 n = globalWords.length;
         if (n != nWords) revert WaflVerifier__WrongInputCount(nWords, n);
         // IC_0 .. IC_{n+1}: the constant term, the global words and the round.
+        for (uint256 i = 0; i < n; ++i) {
+            if (globalWords[i] >= R) revert WaflVerifier__InputNotInField(i);
+        }
+        if (round >= R) revert WaflVerifier__InputNotInField(n);
         uint256[] memory ic = _points(0, n + 2);
         (bool ok, uint256 x, uint256 y) = _msm(ic[0], ic[1], ic, 1, globalWords);
         (ok, x, y) = _mulAdd(ok, x, y, ic[2 + 2 * n], ic[3 + 2 * n], round);
@@ -70,6 +83,9 @@ contract WaflVerifier is Verifier, IWaflVerifier {
         // Coordinates must be canonical field elements: no second encoding of the same proof.
         for (uint256 i = 0; i < 8; ++i) {
             if (proof[i] >= Q) return false;
+        }
+        for (uint256 i = 0; i < n; ++i) {
+            if (updateWords[i] >= R) revert WaflVerifier__InputNotInField(n + 1 + i);
         }
         // IC_{n+2} .. IC_{2n+2}: the update words, then the sender.
         uint256[] memory ic = _points(n + 2, n + 1);
@@ -105,10 +121,10 @@ contract WaflVerifier is Verifier, IWaflVerifier {
                 mstore(m, mload(p))
                 mstore(add(m, 0x20), mload(add(p, 0x20)))
                 mstore(add(m, 0x40), calldataload(s))
-                ok := and(ok, staticcall(gas(), 0x07, m, 0x60, m, 0x40))
+                ok := and(ok, staticcall(EC_MUL_GAS, 0x07, m, 0x60, m, 0x40))
                 mstore(add(m, 0x40), x)
                 mstore(add(m, 0x60), y)
-                ok := and(ok, staticcall(gas(), 0x06, m, 0x80, m, 0x40))
+                ok := and(ok, staticcall(EC_ADD_GAS, 0x06, m, 0x80, m, 0x40))
                 x := mload(m)
                 y := mload(add(m, 0x20))
                 p := add(p, 0x40)
@@ -128,18 +144,18 @@ contract WaflVerifier is Verifier, IWaflVerifier {
             mstore(m, px)
             mstore(add(m, 0x20), py)
             mstore(add(m, 0x40), s)
-            ok := and(ok, staticcall(gas(), 0x07, m, 0x60, m, 0x40))
+            ok := and(ok, staticcall(EC_MUL_GAS, 0x07, m, 0x60, m, 0x40))
             mstore(add(m, 0x40), x)
             mstore(add(m, 0x60), y)
-            ok := and(ok, staticcall(gas(), 0x06, m, 0x80, m, 0x40))
+            ok := and(ok, staticcall(EC_ADD_GAS, 0x06, m, 0x80, m, 0x40))
             x := mload(m)
             y := mload(add(m, 0x20))
         }
         return (ok, x, y);
     }
 
-    /// @dev e(A, B) * e(-vk_x, gamma) * e(-C, delta) * e(-alpha, beta) == 1, laid out as the
-    /// generated Verifier's pairing() does (G2 coordinates swapped for EIP-197).
+    /// @dev e(A, B) * e(-vk_x, gamma) * e(-C, delta) * e(-alpha, beta) == 1 (proof's G2
+    /// coordinates swapped for EIP-197).
     function _pairing(uint256 vx, uint256 vy, uint256[8] calldata proof) private view returns (bool valid) {
         uint256[24] memory input;
         input[0] = proof[0];
@@ -156,7 +172,7 @@ contract WaflVerifier is Verifier, IWaflVerifier {
             extcodecopy(key, add(input, 0x1c0), add(1, DELTA_OFFSET), 0x80) // delta -> input[14..17]
             extcodecopy(key, add(input, 0x240), 1, ALPHA_BETA_BYTES) // -alpha, beta -> input[18..23]
             let out := mload(0x40)
-            let success := staticcall(gas(), 0x08, input, 0x300, out, 0x20)
+            let success := staticcall(PAIRING_4_GAS, 0x08, input, 0x300, out, 0x20)
             valid := and(success, eq(mload(out), 1))
         }
     }
@@ -164,11 +180,6 @@ contract WaflVerifier is Verifier, IWaflVerifier {
     function _negate(uint256 x, uint256 y) private pure returns (uint256, uint256) {
         if (x == 0 && y == 0) return (0, 0);
         return (x, Q - (y % Q));
-    }
-
-    /// @dev A G2 point of the generated key in the precompile's (EIP-197) coordinate order.
-    function _g2(uint256[2] memory x, uint256[2] memory y) private pure returns (bytes memory) {
-        return abi.encodePacked(x[1], x[0], y[1], y[0]);
     }
 
     /// @dev SSTORE2: deploy `data` as the code of a contract that cannot be called (a leading STOP).

@@ -9,7 +9,7 @@ from wafl.build import BuildError, build_circuit
 from wafl.logs import configure_logging, get_logger
 from wafl.observability import serve_metrics
 from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
-from wafl.zk import ProverError, ZokratesWorker
+from wafl.zk import ProverError, Prover
 from wafl_prover.handlers import SERVICE, ProverState, register
 from wafl_prover.proving import JobProver
 from wafl_prover.settings import ProverSettings
@@ -34,7 +34,7 @@ async def serve(settings: ProverSettings) -> None:
         build = build_circuit(cfg)
     except BuildError as exc:
         raise StartupError(f"cannot build the circuit of {cfg.name}: {exc}") from None
-    worker = ZokratesWorker(build.directory)
+    worker = Prover(build)
     try:
         worker.start()
     except ProverError as exc:

@@ -9,11 +9,11 @@ from wafl.config import ModelConfig
 from wafl.fixedpoint import Weights
 from wafl.messages import ProofGenerated, ProverJob
 from wafl.packing import unpack
-from wafl.zk import ZokratesWorker
+from wafl.zk import Prover
 
 
 class JobProver:
-    def __init__(self, cfg: ModelConfig, worker: ZokratesWorker, org: str, proof_timeout: float = 600.0) -> None:
+    def __init__(self, cfg: ModelConfig, worker: Prover, org: str, proof_timeout: float = 600.0) -> None:
         self.cfg = cfg
         self.worker = worker
         self.org = org

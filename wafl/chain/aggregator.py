@@ -46,6 +46,12 @@ class AggregatorClient:
     def global_model(self) -> Weights:
         return Weights.from_flat(self.config, unpack(self.config, self.global_words()))
 
+    def verification_key_hash(self) -> str:
+        return "0x" + bytes(self.contract.functions.verificationKeyHash().call()).hex()
+
+    def has_attested(self, address: str) -> bool:
+        return bool(self.contract.functions.hasAttested(Web3.to_checksum_address(address)).call())
+
     def has_submitted(self, address: str) -> bool:
         return bool(self.contract.functions.hasSubmitted(Web3.to_checksum_address(address)).call())
 
@@ -65,6 +71,14 @@ class AggregatorClient:
 
     def finalize_round(self, account: LocalAccount, *, gas: int | None = None) -> TxReceipt:
         return send(self.w3, account, self.contract.functions.finalizeRound(), self.decoder, gas=gas)
+
+    def attest_keys(self, account: LocalAccount, vk_hash: str | None = None) -> TxReceipt:
+        """Attest the verification key (by default the one the deployment artifact names)."""
+        key_hash = bytes.fromhex((vk_hash or self.deployment.vk_hash).removeprefix("0x"))
+        return send(self.w3, account, self.contract.functions.attestKeys(key_hash), self.decoder)
+
+    def open_first_round(self, account: LocalAccount) -> TxReceipt:
+        return send(self.w3, account, self.contract.functions.openFirstRound(), self.decoder)
 
     def register(self, admin: LocalAccount, addresses: list[str]) -> TxReceipt:
         call = self.contract.functions.registerParticipants([Web3.to_checksum_address(a) for a in addresses])

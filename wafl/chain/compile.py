@@ -22,27 +22,32 @@ def _solc_version() -> str:
     return str(json.loads(package.read_text())["version"])
 
 
-def compile_contracts(verifier_source: Path, *, verifier_only: bool = False) -> dict[str, Any]:
-    """Compile the aggregator and split verifier over one generated ZoKrates verifier.
+def compile_contracts(naive_verifier: Path | None = None) -> dict[str, Any]:
+    """Compile the aggregator and the verifier (one build for every configuration).
 
+    With `naive_verifier`, compile only that plain exported verifier (the benchmark's baseline).
     Returns {"solc": version, "contracts": {name: {"abi", "bytecode", "deployed_size"}}}.
     """
-    if not verifier_source.exists():
-        raise ContractBuildError(f"verifier source {verifier_source} does not exist: run `wafl build`")
     digest = hashlib.sha256()
     digest.update(_solc_version().encode())
-    digest.update(b"verifier-only" if verifier_only else b"full")
-    digest.update(verifier_source.read_bytes())
-    for source in [*sorted((CONTRACT_DIR / "src").glob("*.sol")), CONTRACT_DIR / "build.mjs"]:
+    if naive_verifier is not None:
+        if not naive_verifier.exists():
+            raise ContractBuildError(f"verifier source {naive_verifier} does not exist")
+        digest.update(b"verifier-only")
+        digest.update(naive_verifier.read_bytes())
+        sources = [CONTRACT_DIR / "build.mjs"]
+    else:
+        sources = [*sorted((CONTRACT_DIR / "src").glob("*.sol")), CONTRACT_DIR / "build.mjs"]
+    for source in sources:
         digest.update(source.name.encode())
         digest.update(source.read_bytes())
     out = BUILD_DIR / "contracts" / f"{digest.hexdigest()[:20]}.json"
     if not out.exists():
-        command = [NODE, str(CONTRACT_DIR / "build.mjs"), str(verifier_source), str(out)]
-        if verifier_only:
-            command.append("--verifier-only")
+        command = [NODE, str(CONTRACT_DIR / "build.mjs"), str(out)]
+        if naive_verifier is not None:
+            command += ["--verifier-only", str(naive_verifier)]
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise ContractBuildError(f"solc failed for {verifier_source}:\n{proc.stderr[-4000:]}")
+            raise ContractBuildError(f"solc failed:\n{proc.stderr[-4000:]}")
     compiled: dict[str, Any] = json.loads(out.read_text())
     return compiled

@@ -1,12 +1,14 @@
-"""Deploy the verifier and aggregator for one configuration and write the artifact file.
+"""Deploy the verifier and aggregator for one configuration and key set; write the artifact.
 
 The tests deploy through this module too. The artifact holds everything a service needs:
-ABIs, addresses, start block, chain id and the model configuration.
+ABIs, addresses, start block, chain id, the model configuration and which keys the verifier
+holds (their hash, their kind, the ceremony transcript's hash).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,14 +16,23 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from wafl.build import generated_verifier_path
+from wafl.build import build_circuit, development_keys
 from wafl.chain.compile import compile_contracts
 from wafl.chain.tx import ErrorDecoder, send
 from wafl.config import ModelConfig, parse_config
 from wafl.fixedpoint import Weights
+from wafl.keys import KeySet, vk_words
 from wafl.packing import pack
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2
+
+# Chains whose ids only local development nodes use (anvil and Hardhat 31337, Ganache 1337):
+# the only ones development keys may be deployed on without --allow-development-keys.
+LOCAL_CHAIN_IDS = frozenset({31337, 1337})
+
+
+class DeploymentError(ValueError):
+    """A deployment that must not be made, with the reason in the message."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +46,10 @@ class Deployment:
     config: dict[str, Any]
     quorum: int
     round_duration: int
-    verifier_source_sha256: str
+    vk_hash: str
+    keys_kind: str
+    circuit_sha256: str
+    transcript_sha256: str | None
 
     @property
     def model_config(self) -> ModelConfig:
@@ -63,21 +77,45 @@ def deploy(
     *,
     quorum: int,
     round_duration: int,
-    participants: list[str] | None = None,
+    participants: Sequence[str | LocalAccount] | None = None,
     initial_model: Weights | None = None,
+    keys: KeySet | None = None,
+    allow_development_keys: bool = False,
 ) -> Deployment:
-    import hashlib
+    """Deploy with `keys` (default: this machine's development keys) and register participants.
 
-    verifier_path = generated_verifier_path(cfg)
-    compiled = compile_contracts(verifier_path)["contracts"]
+    Participants given as accounts (tests, simulations: keys this process holds) also attest the
+    keys, which opens round 1 once all have; an organisation attests itself with `wafl ceremony
+    attest`. Development keys are refused on a chain that is not a local development chain
+    unless `allow_development_keys`.
+    """
+    build = build_circuit(cfg)
+    keys = keys if keys is not None else development_keys(build)
+    if keys.circuit_sha256 != build.circuit_sha256:
+        raise DeploymentError(
+            f"the keys in {keys.directory} were made for another circuit than {cfg.name}'s "
+            f"({keys.circuit_sha256[:16]} vs {build.circuit_sha256[:16]})"
+        )
+    chain_id = w3.eth.chain_id
+    if keys.is_development and chain_id not in LOCAL_CHAIN_IDS and not allow_development_keys:
+        raise DeploymentError(
+            f"refusing development keys on chain {chain_id}: whoever made them can forge proofs; "
+            "deploy a ceremony's keys (--keys DIR) or pass --allow-development-keys"
+        )
+    compiled = compile_contracts()["contracts"]
     aggregator_abi = compiled["WaflAggregator"]["abi"]
     verifier_abi = compiled["WaflVerifier"]["abi"]
     decoder = ErrorDecoder(aggregator_abi, verifier_abi)
     start_block = w3.eth.block_number
 
     verifier_factory = w3.eth.contract(abi=verifier_abi, bytecode=compiled["WaflVerifier"]["bytecode"])
-    receipt = send(w3, deployer, verifier_factory.constructor(), decoder)
+    receipt = send(w3, deployer, verifier_factory.constructor(vk_words(keys.verification_key)), decoder)
     verifier_address = receipt["contractAddress"]
+    on_chain_hash = "0x" + bytes(
+        w3.eth.contract(address=verifier_address, abi=verifier_abi).functions.keyHash().call()
+    ).hex()
+    if on_chain_hash != keys.vk_hash:
+        raise DeploymentError(f"the verifier holds key {on_chain_hash}, not {keys.vk_hash}")
 
     initial = initial_model or Weights.zeros(cfg)
     layout = (cfg.n_weights, cfg.weight_bits, cfg.slot_bits, cfg.lanes_per_word, cfg.max_participants)
@@ -91,16 +129,15 @@ def deploy(
         decoder,
     )
     address = receipt["contractAddress"]
+    aggregator = w3.eth.contract(address=address, abi=aggregator_abi)
     if participants:
-        aggregator = w3.eth.contract(address=address, abi=aggregator_abi)
-        send(
-            w3,
-            deployer,
-            aggregator.functions.registerParticipants([Web3.to_checksum_address(p) for p in participants]),
-            decoder,
-        )
+        addresses = [Web3.to_checksum_address(p if isinstance(p, str) else p.address) for p in participants]
+        send(w3, deployer, aggregator.functions.registerParticipants(addresses), decoder)
+        for account in participants:
+            if not isinstance(account, str):
+                send(w3, account, aggregator.functions.attestKeys(bytes.fromhex(keys.vk_hash[2:])), decoder)
     return Deployment(
-        chain_id=w3.eth.chain_id,
+        chain_id=chain_id,
         address=str(address),
         verifier_address=str(verifier_address),
         start_block=start_block,
@@ -109,5 +146,8 @@ def deploy(
         config=cfg.model_dump(mode="json"),
         quorum=quorum,
         round_duration=round_duration,
-        verifier_source_sha256=hashlib.sha256(verifier_path.read_bytes()).hexdigest(),
+        vk_hash=keys.vk_hash,
+        keys_kind=keys.kind.value,
+        circuit_sha256=keys.circuit_sha256,
+        transcript_sha256=keys.transcript_sha256,
     )
