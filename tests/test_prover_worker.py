@@ -1,6 +1,7 @@
-"""Error handling of the prover worker client (wafl.zk.Prover over circuits/worker.mjs).
+"""Error handling of the prover (wafl.zk.Prover over circuits/worker.mjs and wafl.native_prover).
 
 What the client does, and these tests hold it to:
+- a proof that does not verify under the key set's verification key is never returned;
 - a request the worker rejects (bad arguments, unsatisfied witness) is answered with an error
   and the same Node process keeps serving;
 - a timeout kills the worker (a wasm proof cannot be interrupted); the next call starts a new one;
@@ -8,7 +9,8 @@ What the client does, and these tests hold it to:
   exit can already be waited for (``start`` polls the process); one that dies during a call (or
   whose exit is not yet observable when the next call starts) makes that call raise
   ProverCrashedError, and the call after it starts a new worker;
-- a build directory without its artifacts is refused before Node is started.
+- a build directory without its artifacts is refused before Node is started; a key set made for
+  another circuit, or the snarkjs backend without a zkey, before anything starts.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from wafl.build import CircuitBuild, build_circuit
+from wafl.build import CircuitBuild, build_circuit, development_keys
 from wafl.circuit import CircuitKind, witness_args
 from wafl.config import load_config
 from wafl.fixedpoint import Weights, train_step
+from wafl.keys import VERIFICATION_KEY, load_keys, make_development_keys, write_meta
 from wafl.zk import (
+    Backend,
+    InvalidProofError,
     ProverArgumentError,
     ProverCrashedError,
     ProverError,
@@ -106,7 +111,7 @@ BAD_ARGUMENTS = [
     pytest.param(_replace(4, "0"), ProverArgumentError, "Type error", id="scalar-for-matrix"),
     pytest.param(_replace(1, "1.5"), ProverArgumentError, "Could not parse `1.5`", id="not-a-field"),
     pytest.param(_replace(1, "-1"), ProverArgumentError, "Could not parse `-1`", id="negative-string"),
-    pytest.param({"round": "1"}, ProverArgumentError, "prove needs an args array", id="not-a-list"),
+    pytest.param({"round": "1"}, ProverArgumentError, "witness needs {args, wtns_path}", id="not-a-list"),
     pytest.param(_replace(1, str(1 << 64)), UnsatisfiedConstraintError, "Execution failed", id="unsatisfied"),
     pytest.param(_replace(1, 1), ProverArgumentError, "isn't allowed", id="number-not-string"),
 ]
@@ -127,9 +132,9 @@ def test_rejected_request_keeps_the_worker(
 def test_unknown_method_keeps_the_worker(worker: Prover) -> None:
     pid = worker.pid
     with pytest.raises(ProverArgumentError, match="unknown method"):
-        worker._call("train", None, 10.0)
+        worker._node.call("train", None, 10.0)
     with pytest.raises(ProverArgumentError, match="verify needs"):
-        worker._call("verify", {"inputs": []}, 10.0)
+        worker._node.call("verify", {"inputs": []}, 10.0)
     assert worker.ping()["pid"] == pid
 
 
@@ -158,7 +163,7 @@ def test_worker_killed_between_calls_is_restarted(fresh_worker: Prover) -> None:
 def test_worker_killed_during_a_call_raises_crashed(fresh_worker: Prover) -> None:
     old = fresh_worker.pid
     assert old is not None
-    killer = threading.Timer(0.5, os.kill, (old, signal.SIGKILL))  # a proof takes ~2 s
+    killer = threading.Timer(0.05, os.kill, (old, signal.SIGKILL))  # a witness takes ~0.2 s
     killer.start()
     try:
         with pytest.raises(ProverCrashedError, match="exited"):
@@ -169,20 +174,64 @@ def test_worker_killed_during_a_call_raises_crashed(fresh_worker: Prover) -> Non
     assert fresh_worker.ping()["pid"] == fresh_worker.pid != old
 
 
+def test_native_prover_killed_during_a_proof_raises_crashed(fresh_worker: Prover) -> None:
+    fresh_worker.prove(make_args(1))
+    native = [pid for pid in fresh_worker.pids if pid != fresh_worker.pid]
+    assert len(native) == 1
+    killer = threading.Timer(0.3, os.kill, (native[0], signal.SIGKILL))  # witness ~0.2 s, proof ~0.4 s
+    killer.start()
+    try:
+        with pytest.raises(ProverCrashedError, match="native prover"):
+            fresh_worker.prove(make_args(2))
+    finally:
+        killer.cancel()
+    result = fresh_worker.prove(make_args(3))
+    assert fresh_worker.verify(result.proof, result.inputs)
+
+
+# ---- no bad proof leaves the prover ----------------------------------------------------------------
+def test_a_proof_that_does_not_verify_is_never_returned(build: CircuitBuild, tmp_path: Path) -> None:
+    """A backend proving with keys that are not the verification key's (as a buggy backend
+    would produce wrong proofs): every proof is checked by snarkjs and refused."""
+    honest = development_keys(build)
+    other = make_development_keys(build.r1cs, tmp_path / "other", config=CONFIG,
+                                  circuit_sha256=build.circuit_sha256)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    shutil.copy(other.directory / "proving_key.g16", mixed / "proving_key.g16")
+    shutil.copy(honest.directory / VERIFICATION_KEY, mixed / VERIFICATION_KEY)
+    write_meta(mixed, {k: v for k, v in honest.meta.items() if k != "format"})
+    with Prover(build, load_keys(mixed)) as prover, pytest.raises(InvalidProofError, match="not published"):
+        prover.prove(make_args(1))
+
+
+def test_snarkjs_backend_needs_a_zkey(build: CircuitBuild) -> None:
+    with pytest.raises(ProverError, match="needs a circuit.zkey"):
+        Prover(build, development_keys(build), backend=Backend.SNARKJS)
+
+
+def test_keys_of_another_circuit_are_refused(build: CircuitBuild) -> None:
+    wine = development_keys(build_circuit(load_config("wine-13x3-b16")))
+    with pytest.raises(ProverError, match="made for another circuit"):
+        Prover(build, wine)
+
+
 # ---- incomplete builds ---------------------------------------------------------------------------
 def test_build_without_program_is_refused(build: CircuitBuild, tmp_path: Path) -> None:
-    for name in ("pk.bin", "abi.json", "vk.json"):
+    for name in ("circuit.r1cs", "abi.json", "build.json"):
         shutil.copy(build.directory / name, tmp_path / name)
-    worker = Prover(tmp_path)
+    worker = Prover(CircuitBuild(build.config, build.kind, tmp_path), development_keys(build))
     with pytest.raises(ProverError, match=r"has no program\.bin"), worker:
         pass
     assert worker.pid is None
 
 
-def test_build_without_verification_key_fails_to_start(build: CircuitBuild, tmp_path: Path) -> None:
-    for name in ("program.bin", "pk.bin", "abi.json"):
-        (tmp_path / name).symlink_to(build.directory / name)
-    worker = Prover(tmp_path)
-    with pytest.raises(ProverCrashedError, match=r"failed to start.*vk\.json"), worker:
+def test_keys_without_verification_key_fail_to_start(build: CircuitBuild, tmp_path: Path) -> None:
+    keys = development_keys(build)
+    copy = tmp_path / "keys"
+    shutil.copytree(keys.directory, copy)
+    prover = Prover(build, load_keys(copy))
+    (copy / VERIFICATION_KEY).unlink()
+    with pytest.raises(ProverCrashedError, match=r"failed to start.*verification_key\.json"), prover:
         pass
-    assert worker.pid is None
+    assert prover.pid is None

@@ -3,11 +3,13 @@
 For each configuration, in one run: WaFL's packed circuit (build, prove several times) and its
 contracts on a fresh anvil (participants x rounds of real proofs, then one round closed by
 finalizeRound after its deadline); and the naive baseline, i.e. the same relation with one
-public input per weight value verified by the plain ZoKrates-exported verifier.
+public input per weight value verified by a plain exported verifier (snarkjs' template, keys
+built into its code).
 """
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from wafl.build import build_circuit
+from wafl.build import build_circuit, development_keys
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import Anvil, fund, increase_time
 from wafl.chain.compile import compile_contracts
@@ -114,8 +116,14 @@ def bench_packed(cfg: ModelConfig, options: BenchOptions) -> dict[str, Any]:
 def bench_naive(cfg: ModelConfig, options: BenchOptions) -> dict[str, Any]:
     rng = random.Random(options.seed + 1)
     build = build_circuit(cfg, CircuitKind.NAIVE)
-    verifier_path = build.directory / "Verifier.sol"
-    compiled = compile_contracts(verifier_path, verifier_only=True)["contracts"]["Verifier"]
+    keys = development_keys(build)
+    verifier_path = keys.directory / "Verifier.sol"
+    if not verifier_path.exists():
+        import groth16py
+
+        vk = groth16py.VerifyingKey.from_snarkjs(json.dumps(keys.verification_key))
+        verifier_path.write_text(vk.to_solidity(pragma="^0.8.20", contract_name="Verifier"))
+    compiled = compile_contracts(verifier_path)["contracts"]["Verifier"]
     decoder = ErrorDecoder(compiled["abi"])
     # The naive verifier outgrows the 24 KB contract size limit (and, for digits, a 30M-gas
     # block) on larger models; anvil lifts both so that its verification gas can be measured.
@@ -133,10 +141,12 @@ def bench_naive(cfg: ModelConfig, options: BenchOptions) -> dict[str, Any]:
         sender_int = int(sender.address, 16)
         result = worker.prove(witness_args(cfg, CircuitKind.NAIVE, global_model, update, x, y, sender_int, 1))
         inputs = public_inputs(cfg, CircuitKind.NAIVE, global_model, update, sender_int, 1)
-        proof = (result.proof.a, (result.proof.b[0], result.proof.b[1]), result.proof.c)
-        if not verifier.functions.verifyTx(proof, inputs).call():
+        (b0, b1), (b2, b3) = result.proof.b
+        # The exported verifier takes B's coordinates in the precompile's order.
+        proof = (list(result.proof.a), [[b1, b0], [b3, b2]], list(result.proof.c))
+        if not verifier.functions.verifyProof(*proof, inputs).call():
             raise RuntimeError("the naive verifier rejected a valid proof")
-        receipt = send(w3, sender, verifier.functions.verifyTx(proof, inputs), decoder)
+        receipt = send(w3, sender, verifier.functions.verifyProof(*proof, inputs), decoder)
     return {
         "naive_constraints": build.constraints,
         "naive_public_inputs": len(inputs),

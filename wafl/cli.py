@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from wafl.chain.deploy import DeploymentError
 from wafl.config import ConfigError, load_config, named_configs
+from wafl.keys import KeySetError
 
 
 def _configs(names: Sequence[str] | None) -> list[str]:
@@ -28,17 +30,23 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from wafl.build import build_circuit, generated_verifier_path, write_generated_verifier
+    from wafl.build import build_circuit, development_keys
     from wafl.chain.compile import compile_contracts
     from wafl.circuit import CircuitKind
 
+    compiled = compile_contracts()
+    sizes = {n: c["deployed_size"] for n, c in compiled["contracts"].items()}
     for name in _configs(args.config):
         cfg = load_config(name)
         build = build_circuit(cfg, CircuitKind.PACKED)
-        changed = write_generated_verifier(build)
-        compiled = compile_contracts(generated_verifier_path(cfg))
-        sizes = {n: c["deployed_size"] for n, c in compiled["contracts"].items()}
-        line = {"config": name, "constraints": build.constraints, "verifier_changed": changed, "bytes": sizes}
+        keys = development_keys(build)
+        line: dict[str, object] = {
+            "config": name,
+            "constraints": build.constraints,
+            "circuit_sha256": build.circuit_sha256,
+            "development_vk_hash": keys.vk_hash,
+            "bytes": sizes,
+        }
         if args.naive:
             line["naive_constraints"] = build_circuit(cfg, CircuitKind.NAIVE).constraints
         print(json.dumps(line), flush=True)
@@ -62,8 +70,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from web3 import HTTPProvider, Web3
 
     from wafl.chain.deploy import deploy
+    from wafl.keys import load_keys
 
     cfg = load_config(args.config)
+    keys = load_keys(Path(args.keys)) if args.keys else None
     key = _read_secret("WAFL_DEPLOYER_KEY", args.key_file, "deployer key")
     try:
         deployer = Account.from_key(key)
@@ -74,10 +84,16 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         raise SystemExit(f"no Ethereum node answers at {args.rpc_url}")
     participants = [p for p in (args.participants or "").split(",") if p]
     deployment = deploy(
-        w3, deployer, cfg, quorum=args.quorum, round_duration=args.round_duration, participants=participants
+        w3, deployer, cfg, quorum=args.quorum, round_duration=args.round_duration, participants=participants,
+        keys=keys, allow_development_keys=args.allow_development_keys,
     )
     deployment.save(Path(args.out))
-    print(json.dumps({"address": deployment.address, "start_block": deployment.start_block, "out": args.out}))
+    print(json.dumps({
+        "address": deployment.address, "start_block": deployment.start_block, "out": args.out,
+        "vk_hash": deployment.vk_hash, "keys": deployment.keys_kind, "transcript_sha256": deployment.transcript_sha256,
+    }))
+    if deployment.keys_kind == "development":
+        print("wafl: deployed with DEVELOPMENT keys (one party made them): for tests only", file=sys.stderr)
     return 0
 
 
@@ -189,7 +205,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("configs", help="list the bundled model configurations")
     p.set_defaults(func=cmd_configs)
 
-    p = sub.add_parser("build", help="build circuits, regenerate the committed verifiers, compile contracts")
+    p = sub.add_parser("build", help="build circuits and this machine's development keys, compile contracts")
     p.add_argument("--config", action="append", help="configuration name (repeatable; default all)")
     p.add_argument("--naive", action="store_true", help="also build the naive benchmark circuit")
     p.set_defaults(func=cmd_build)
@@ -201,7 +217,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--participants", help="comma-separated participant addresses to register")
     p.add_argument("--quorum", type=int, required=True)
     p.add_argument("--round-duration", type=int, default=3600, help="seconds")
-    p.add_argument("--out", required=True, help="artifact path (ABI, address, start block, config)")
+    p.add_argument("--out", required=True, help="artifact path (ABI, address, start block, config, keys)")
+    p.add_argument("--keys", help="the ceremony's final directory (`wafl ceremony finalize --out`); "
+                   "default: this machine's development keys")
+    p.add_argument("--allow-development-keys", action="store_true",
+                   help="deploy development keys on a chain that is not a local development chain")
     p.set_defaults(func=cmd_deploy)
 
     p = sub.add_parser("run", help="run one service as a plain process")
@@ -253,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, KeySetError, DeploymentError) as exc:
         print(f"wafl: {exc}", file=sys.stderr)
         return 2
     return code

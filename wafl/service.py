@@ -141,6 +141,13 @@ def check_chain(settings: ServiceSettings, deployment: Deployment) -> Web3:
             f"no contract code at {deployment.address} on {safe_url(settings.rpc_url)}: wrong WAFL_DEPLOYMENT "
             "artifact or a reset chain"
         )
+    aggregator = w3.eth.contract(address=Web3.to_checksum_address(deployment.address), abi=deployment.abi)
+    on_chain = "0x" + bytes(aggregator.functions.verificationKeyHash().call()).hex()
+    if on_chain != deployment.vk_hash:
+        raise StartupError(
+            f"the aggregator at {deployment.address} verifies with key {on_chain}, the deployment artifact "
+            f"names {deployment.vk_hash}: wrong artifact"
+        )
     return w3
 
 

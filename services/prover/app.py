@@ -5,7 +5,9 @@ from __future__ import annotations
 from aiormq.exceptions import ChannelClosed
 from faststream import FastStream
 
-from wafl.build import BuildError, build_circuit
+from wafl.build import BuildError, CircuitBuild, build_circuit, development_keys
+from wafl.chain.deploy import Deployment
+from wafl.keys import KeySet, KeySetError, load_keys
 from wafl.logs import configure_logging, get_logger
 from wafl.observability import serve_metrics
 from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
@@ -34,15 +36,17 @@ async def serve(settings: ProverSettings) -> None:
         build = build_circuit(cfg)
     except BuildError as exc:
         raise StartupError(f"cannot build the circuit of {cfg.name}: {exc}") from None
-    worker = Prover(build)
+    keys = keys_for(settings, deployment, build)
     try:
+        worker = Prover(build, keys, backend=settings.backend)
         worker.start()
     except ProverError as exc:
-        raise StartupError(f"the ZoKrates worker did not start: {exc}") from None
+        raise StartupError(f"the prover did not start: {exc}") from None
     state = ProverState(JobProver(cfg, worker, settings.org, settings.proof_timeout), settings.lease_seconds)
     app = create_app(settings, state)
     port = serve_metrics(settings.metrics_port)
-    announce_start(app, metrics_port=port, config=cfg.name, constraints=build.constraints)
+    announce_start(app, metrics_port=port, config=cfg.name, constraints=build.constraints, keys=keys.label(),
+                   backend=str(settings.backend))
     try:
         await app.run()
     except ChannelClosed:
@@ -51,3 +55,24 @@ async def serve(settings: ProverSettings) -> None:
         get_logger().warning("stopped_mid_job", detail="graceful timeout passed; the job goes back to the queue")
     finally:
         worker.close()
+
+
+def keys_for(settings: ProverSettings, deployment: Deployment, build: CircuitBuild) -> KeySet:
+    """The key set to prove with: it must be the one the deployment's verifier holds."""
+    try:
+        if settings.keys is not None:
+            keys = load_keys(settings.keys)
+        elif deployment.keys_kind != "development":
+            raise StartupError(
+                f"the deployment verifies with {deployment.keys_kind} keys: set WAFL_KEYS to their directory"
+            )
+        else:
+            keys = development_keys(build)
+    except KeySetError as exc:
+        raise StartupError(str(exc)) from None
+    if keys.vk_hash != deployment.vk_hash:
+        raise StartupError(
+            f"the keys in {keys.directory} (vk hash {keys.vk_hash}) are not the ones the deployment's verifier "
+            f"holds ({deployment.vk_hash}): its proofs would all be rejected"
+        )
+    return keys
