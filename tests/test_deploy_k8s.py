@@ -1,7 +1,10 @@
 """deploy/k8s: every overlay renders with `kubectl kustomize`, every rendered manifest validates
 against the Kubernetes JSON schemas (kubernetes-validate, strict: unknown fields fail) and the
 custom resources against their CRD schemas (KEDA, Prometheus Operator: from the cloudcoil model
-packages, made strict the same way), and the deployment rules of the issue hold."""
+packages, made strict the same way), and the deployment rules of the issue hold. The same for
+each organisation's one-shot steps (overlays/<org>/ceremony: the files pod and the contribute Job
+of the setup ceremony; overlays/<org>/attest: the attest Job) and the key volumes they share with
+the provers."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from tests.deploy_helpers import DEPLOY, OVERLAYS, SERVICES, by_kind, kubectl, named, render_overlay
+from tests.deploy_helpers import DEPLOY, K8S, OVERLAYS, SERVICES, by_kind, kubectl, named, render_overlay
 
 pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl is not installed (needed to render overlays)")
 
@@ -21,6 +24,14 @@ pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl is not instal
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 DEPLOYMENTS = {f"wafl-{s.replace('_', '-')}": s for s in SERVICES}
+# Each organisation's one-shot steps: kustomizations of their own under its overlay, applied when
+# their turn comes (a Job runs once and its pod template cannot change: not part of the overlay).
+STEPS = ("ceremony", "attest")
+
+
+def render_step(org: str, step: str) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize deploy/k8s/overlays/<org>/<step>``."""
+    return render_overlay(f"{org}/{step}")
 
 
 def test_there_are_two_example_organisations() -> None:
@@ -230,6 +241,19 @@ def _pods(docs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, str]]:
             for w in by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")}
 
 
+def _step_pods(org: str) -> dict[str, tuple[dict[str, str], dict[str, Any]]]:
+    """The pods of the org's one-shot steps: name -> (labels, pod spec), Jobs' templates and Pods."""
+    pods = {}
+    for step in STEPS:
+        docs = render_step(org, step)
+        for job in by_kind(docs, "Job"):
+            template = job["spec"]["template"]
+            pods[job["metadata"]["name"]] = (template["metadata"]["labels"], template["spec"])
+        for pod in by_kind(docs, "Pod"):
+            pods[pod["metadata"]["name"]] = (pod["metadata"]["labels"], pod["spec"])
+    return pods
+
+
 def _egress_peers(docs: tuple[dict[str, Any], ...], labels: dict[str, str]) -> list[dict[str, Any]]:
     peers = []
     for policy in by_kind(docs, "NetworkPolicy"):
@@ -259,13 +283,14 @@ def test_network_policies_deny_by_default(org: str) -> None:
 
 
 @pytest.mark.parametrize("org", OVERLAYS)
-def test_only_the_submitter_and_the_chain_watcher_reach_the_chain(org: str) -> None:
+def test_only_the_submitter_the_chain_watcher_and_the_attest_job_reach_the_chain(org: str) -> None:
     docs = render_overlay(org)
-    outside = {name for name, labels in _pods(docs).items()
+    pods = {**_pods(docs), **{name: labels for name, (labels, _) in _step_pods(org).items()}}
+    outside = {name for name, labels in pods.items()
                if any("ipBlock" in peer for peer in _egress_peers(docs, labels))}
-    assert outside == {"wafl-submitter", "wafl-chain-watcher"}
+    assert outside == {"wafl-submitter", "wafl-chain-watcher", "wafl-attest"}
     for name in outside:
-        for peer in _egress_peers(docs, _pods(docs)[name]):
+        for peer in _egress_peers(docs, pods[name]):
             if "ipBlock" in peer:
                 network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
                 assert network.prefixlen >= 16, f"{org}: the chain RPC block {network} is too wide"
@@ -324,3 +349,186 @@ def test_grafana_dashboards_configmap_carries_the_generated_dashboards(org: str)
                     if d["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
     generated = {p.name: p.read_text() for p in (DEPLOY / "grafana" / "dashboards").glob("*.json")}
     assert configmap["data"] == generated
+
+
+# ---- keys and the one-shot steps ----------------------------------------------------------------
+
+
+def _volumes(pod: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in pod.get("volumes", [])}
+
+
+def _mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """mount path -> the mount and its volume's name."""
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+def _claim_mounts(pod: dict[str, Any], container: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """PVC name -> (mount path, read-only) for one container."""
+    volumes = _volumes(pod)
+    found = {}
+    for path, mount in _mounts(container).items():
+        claim = volumes[mount["name"]].get("persistentVolumeClaim")
+        if claim:
+            found[claim["claimName"]] = (path, bool(mount.get("readOnly")) or bool(claim.get("readOnly")))
+    return found
+
+
+def _prover_image(org: str) -> str:
+    (container,) = named(render_overlay(org), "Deployment", "wafl-prover")["spec"]["template"]["spec"]["containers"]
+    return str(container["image"])
+
+
+def test_every_organisation_has_its_ceremony_and_attest_steps() -> None:
+    for org in OVERLAYS:
+        for step in STEPS:
+            assert (K8S / "overlays" / org / step / "kustomization.yaml").exists(), f"{org} has no {step} step"
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_overlay_runs_no_one_shot_pod_and_claims_the_key_volumes(org: str) -> None:
+    docs = render_overlay(org)
+    assert not by_kind(docs, "Job") and not by_kind(docs, "Pod"), "one-shot steps are applied when their turn comes"
+    claims = {c["metadata"]["name"]: c["spec"] for c in by_kind(docs, "PersistentVolumeClaim")}
+    assert set(claims) == {"wafl-keys", "wafl-ceremony"}
+    # Every prover replica mounts the keys, on whatever node it runs.
+    assert "ReadWriteMany" in claims["wafl-keys"]["accessModes"] or "ReadOnlyMany" in claims["wafl-keys"]["accessModes"]
+    for spec in claims.values():
+        assert spec["resources"]["requests"]["storage"]
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_prover_proves_with_the_key_set_mounted_read_only(org: str) -> None:
+    docs = render_overlay(org)
+    pod = named(docs, "Deployment", "wafl-prover")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert _claim_mounts(pod, container)["wafl-keys"] == (env["WAFL_KEYS"], True)
+    # Only the prover mounts the keys among the services; nothing long-lived can write them.
+    for name in DEPLOYMENTS:
+        other = named(docs, "Deployment", name)["spec"]["template"]["spec"]
+        for each in other["containers"]:
+            mounted = _claim_mounts(other, each)
+            assert "wafl-ceremony" not in mounted
+            assert ("wafl-keys" in mounted) == (name == "wafl-prover")
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_step_manifests_validate_against_kubernetes_schemas(org: str, step: str, version: str) -> None:
+    import kubernetes_validate
+
+    docs = render_step(org, step)
+    assert by_kind(docs, "Job"), f"{org}/{step} renders no Job"
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == f"wafl-{org}", doc["metadata"]["name"]
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{doc['kind']} {doc['metadata']['name']} invalid for Kubernetes {version}: {exc}")
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_one_shot_pods_are_restricted_bounded_and_use_the_prover_image(org: str) -> None:
+    image = _prover_image(org)
+    pods = _step_pods(org)
+    assert set(pods) == {"wafl-ceremony-files", "wafl-ceremony-contribute", "wafl-attest"}
+    for name, (labels, pod) in pods.items():
+        assert labels["wafl.io/org"] == org and labels["app.kubernetes.io/part-of"] == "wafl", name
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert pod.get("automountServiceAccountToken") is False, name
+        assert pod["restartPolicy"] == "Never", name
+        for container in pod["containers"]:
+            assert container["image"] == image, name
+            assert container["resources"]["requests"].keys() >= {"cpu", "memory"}, name
+            assert container["resources"]["limits"].keys() >= {"cpu", "memory"}, name
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+            assert security["readOnlyRootFilesystem"] is True, name
+    for step in STEPS:
+        for job in by_kind(render_step(org, step), "Job"):
+            assert job["spec"]["activeDeadlineSeconds"] > 0 and job["spec"]["backoffLimit"] <= 3
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_contribute_job_takes_the_orgs_turn_on_the_ceremony_volume(org: str) -> None:
+    job = named(render_step(org, "ceremony"), "Job", "wafl-ceremony-contribute")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["wafl", "ceremony", "contribute", "--in", "/ceremony/in", "--out", "/ceremony/out",
+                                     "--name", "$(WAFL_ORG)"]
+    assert {e["name"]: e["value"] for e in container["env"]} == {"WAFL_ORG": org}
+    assert _claim_mounts(pod, container) == {"wafl-ceremony": ("/ceremony", False)}
+    # Nothing else: no Secret, no settings, no keys (its randomness comes from the OS).
+    assert {n for n, v in _volumes(pod).items() if "persistentVolumeClaim" not in v} == {"tmp"}
+    assert "envFrom" not in container
+    # The files pod reaches both volumes (the operator's kubectl cp in and out).
+    files = named(render_step(org, "ceremony"), "Pod", "wafl-ceremony-files")["spec"]
+    (helper,) = files["containers"]
+    assert _claim_mounts(files, helper) == {"wafl-ceremony": ("/ceremony", False), "wafl-keys": ("/keys", False)}
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_ceremony_pods_have_no_network_at_all(org: str) -> None:
+    docs = render_overlay(org)
+    isolated = named(docs, "NetworkPolicy", "wafl-ceremony-isolated")["spec"]
+    assert set(isolated["policyTypes"]) == {"Ingress", "Egress"}
+    assert not isolated.get("ingress") and not isolated.get("egress")
+    ceremony = {name: labels for name, (labels, _) in _step_pods(org).items()
+                if labels["app.kubernetes.io/component"] == "ceremony"}
+    assert set(ceremony) == {"wafl-ceremony-files", "wafl-ceremony-contribute"}
+    for name, labels in ceremony.items():
+        assert _selects(isolated["podSelector"], labels), name
+        assert _egress_peers(docs, labels) == [], f"{name} may reach the network (DNS included)"
+        assert _ingress_peers(docs, labels) == [], f"{name} may be reached"
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_attest_job_checks_the_ceremony_and_attests_with_the_participant_key(org: str) -> None:
+    docs = render_step(org, "attest")
+    job = named(docs, "Job", "wafl-attest")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[:2] == ["wafl", "attest"]
+    args = dict(zip(command[2::2], command[3::2], strict=True))
+    assert set(args) == {"--deployment", "--rpc-url", "--key-file", "--keys", "--ptau", "--mine"}
+    (source,) = container["envFrom"]
+    settings = _config(docs, "wafl-attest")
+    assert source["configMapRef"]["name"].startswith("wafl-attest")
+    expanded = {k: v[2:-1] if v.startswith("$(") else None for k, v in args.items()}
+    for flag in ("--rpc-url", "--ptau", "--mine"):
+        assert expanded[flag] in settings, f"{flag} comes from the ConfigMap wafl-attest"
+    # The chain is the services' chain.
+    assert settings[expanded["--rpc-url"]] == _config(render_overlay(org), "wafl-config")["WAFL_RPC_URL"]
+    volumes, mounts = _volumes(pod), _mounts(container)
+
+    def volume_at(path: str) -> dict[str, Any]:
+        (mount_path,) = [m for m in mounts if path.startswith(m.rstrip("/") + "/")]
+        assert mounts[mount_path].get("readOnly") is True, f"{mount_path} must be read-only"
+        return volumes[mounts[mount_path]["name"]]
+
+    # The participant key: the submitter's Secret, as a file.
+    assert volume_at(args["--key-file"])["secret"]["secretName"] == "wafl-submitter-key"
+    submitter = named(render_overlay(org), "Deployment", "wafl-submitter")["spec"]["template"]["spec"]
+    assert _volumes(submitter)["key"]["secret"]["secretName"] == "wafl-submitter-key"
+    assert volume_at(args["--deployment"])["configMap"]["name"] == "wafl-deployment"
+    # The final keys (read-only) and the phase 1 file on the ceremony volume (read-only).
+    assert _claim_mounts(pod, container)["wafl-keys"] == (args["--keys"], True)
+    assert volume_at(settings[expanded["--ptau"]])["persistentVolumeClaim"]["claimName"] == "wafl-ceremony"
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
+def test_the_attest_job_reaches_the_chain_rpc_and_nothing_else(org: str) -> None:
+    docs = render_overlay(org)
+    labels, _ = _step_pods(org)["wafl-attest"]
+    peers = _egress_peers(docs, labels)
+    submitter = _egress_peers(docs, _pods(docs)["wafl-submitter"])
+    assert [p for p in peers if "ipBlock" in p] == [p for p in submitter if "ipBlock" in p]
+    others = [p for p in peers if "ipBlock" not in p]
+    # DNS only, in kube-system: neither RabbitMQ nor Redis.
+    assert others and all(p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "kube-system"
+                          for p in others)
+    assert _ingress_peers(docs, labels) == []

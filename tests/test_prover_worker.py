@@ -33,12 +33,12 @@ from wafl.keys import VERIFICATION_KEY, load_keys, make_development_keys, write_
 from wafl.zk import (
     Backend,
     InvalidProofError,
+    Prover,
     ProverArgumentError,
     ProverCrashedError,
     ProverError,
     ProverTimeoutError,
     UnsatisfiedConstraintError,
-    Prover,
 )
 
 CONFIG = "ref-9x6-b10"
@@ -174,19 +174,37 @@ def test_worker_killed_during_a_call_raises_crashed(fresh_worker: Prover) -> Non
     assert fresh_worker.ping()["pid"] == fresh_worker.pid != old
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _kill_once_busy(pid: int, stop: threading.Event) -> None:
+    """SIGKILL the process as soon as it uses CPU: the native prover is idle until it proves."""
+    idle = _cpu_ticks(pid)
+    while not stop.is_set():
+        if _cpu_ticks(pid) > idle + 2:
+            os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.002)
+
+
 def test_native_prover_killed_during_a_proof_raises_crashed(fresh_worker: Prover) -> None:
     fresh_worker.prove(make_args(1))
     native = [pid for pid in fresh_worker.pids if pid != fresh_worker.pid]
     assert len(native) == 1
-    killer = threading.Timer(0.3, os.kill, (native[0], signal.SIGKILL))  # witness ~0.2 s, proof ~0.4 s
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_once_busy, args=(native[0], stop))
     killer.start()
     try:
         with pytest.raises(ProverCrashedError, match="native prover"):
             fresh_worker.prove(make_args(2))
     finally:
-        killer.cancel()
+        stop.set()
+        killer.join()
     result = fresh_worker.prove(make_args(3))
     assert fresh_worker.verify(result.proof, result.inputs)
+    assert native[0] not in fresh_worker.pids
 
 
 # ---- no bad proof leaves the prover ----------------------------------------------------------------
@@ -206,7 +224,7 @@ def test_a_proof_that_does_not_verify_is_never_returned(build: CircuitBuild, tmp
 
 
 def test_snarkjs_backend_needs_a_zkey(build: CircuitBuild) -> None:
-    with pytest.raises(ProverError, match="needs a circuit.zkey"):
+    with pytest.raises(ProverError, match=r"needs a circuit\.zkey"):
         Prover(build, development_keys(build), backend=Backend.SNARKJS)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from wafl.circuit import CircuitKind, render, source_hash
 from wafl.config import ModelConfig
 from wafl.keys import KeySet, KeySetError, load_keys, make_development_keys
-from wafl.paths import BUILD_DIR, CIRCUIT_DIR, NODE_MODULES, NODE
+from wafl.paths import BUILD_DIR, CIRCUIT_DIR, NODE, NODE_MODULES
 
 ARTIFACTS = ("program.bin", "abi.json", "circuit.r1cs", "build.json")
 

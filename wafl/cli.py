@@ -97,6 +97,48 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attest(args: argparse.Namespace) -> int:
+    from eth_account import Account
+    from web3 import HTTPProvider, Web3
+
+    from wafl.attest import AttestError, CeremonyCheck, attest
+    from wafl.chain.deploy import Deployment
+    from wafl.keys import load_keys
+
+    try:
+        deployment = Deployment.load(Path(args.deployment))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"wafl: {exc}", file=sys.stderr)
+        return 2
+    key = _read_secret("WAFL_KEY_FILE", args.key_file, "participant key")
+    try:
+        account = Account.from_key(key)
+    except (ValueError, TypeError):
+        raise SystemExit("the participant key is not a valid private key") from None
+    keys = load_keys(Path(args.keys)) if args.keys else None
+    check = None
+    if args.mine or args.ptau:
+        if not (args.mine and args.ptau and keys is not None):
+            print("wafl: checking a ceremony needs --keys, --ptau and --mine", file=sys.stderr)
+            return 2
+        cfg = deployment.model_config
+        from wafl.build import build_circuit
+
+        check = CeremonyCheck(r1cs=build_circuit(cfg).r1cs, ptau=Path(args.ptau), mine=args.mine)
+    w3 = Web3(HTTPProvider(args.rpc_url, request_kwargs={"timeout": 10}))
+    if not w3.is_connected():
+        print(f"wafl: no Ethereum node answers at {args.rpc_url}", file=sys.stderr)
+        return 2
+    try:
+        tx = attest(w3, deployment, account, keys, check)
+    except AttestError as exc:
+        print(f"wafl: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"participant": account.address, "vk_hash": deployment.vk_hash, "tx": tx or None,
+                      "already_attested": not tx}))
+    return 0
+
+
 def cmd_bench_gas(args: argparse.Namespace) -> int:
     from wafl.bench_gas import BenchOptions, bench_config
 
@@ -109,6 +151,19 @@ def cmd_bench_gas(args: argparse.Namespace) -> int:
             print(f"{name}:")
             for key, value in row.items():
                 print(f"  {key:36} {value}")
+    return 0
+
+
+def cmd_bench_prove(args: argparse.Namespace) -> int:
+    from wafl.bench_prove import ProveBenchOptions, bench_prove
+
+    options = ProveBenchOptions(runs=args.runs, cores=args.cores, max_phase1_power=args.max_phase1_power)
+    for name in _configs(args.config):
+        for row in bench_prove(load_config(name), options):
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     return 0
 
 
@@ -224,6 +279,19 @@ def parser() -> argparse.ArgumentParser:
                    help="deploy development keys on a chain that is not a local development chain")
     p.set_defaults(func=cmd_deploy)
 
+    from wafl.ceremony_cli import add_ceremony_parser
+
+    add_ceremony_parser(sub)
+
+    p = sub.add_parser("attest", help="check the federation's keys (and your ceremony contribution), attest them")
+    p.add_argument("--deployment", required=True, help="the deployment artifact")
+    p.add_argument("--rpc-url", required=True)
+    p.add_argument("--key-file", help="file holding the participant's private key (else $WAFL_KEY_FILE)")
+    p.add_argument("--keys", help="the ceremony's final key directory")
+    p.add_argument("--ptau", help="the phase 1 file the ceremony used")
+    p.add_argument("--mine", help="the contribution hash `wafl ceremony contribute` printed for you")
+    p.set_defaults(func=cmd_attest)
+
     p = sub.add_parser("run", help="run one service as a plain process")
     p.add_argument("service", choices=SERVICES)
     p.add_argument("--settings", help="YAML settings file (WAFL_* environment variables also apply)")
@@ -258,6 +326,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--participants", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
     p.set_defaults(func=cmd_bench_gas)
+
+    p = bench.add_parser("prove", help="witness and prove seconds per backend vs zokrates-js, alternating runs")
+    p.add_argument("--config", action="append", help="configuration name (repeatable; default all)")
+    p.add_argument("--runs", type=int, default=5, help="jobs per backend (plus one unmeasured warm-up)")
+    p.add_argument("--cores", type=int, default=1, help="cores each backend's processes may use")
+    p.add_argument("--max-phase1-power", type=int, default=12,
+                   help="largest local phase 1 to make for the snarkjs backend's ceremony keys")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_bench_prove)
 
     p = bench.add_parser("pipeline", help="round latency split and prover-pool throughput (1 vs 2 replicas)")
     p.add_argument("--config", default="wine-13x3-b16")

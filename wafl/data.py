@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
 from sklearn.model_selection import train_test_split
 
 from wafl.config import ModelConfig
 
-LOADERS = {"wine": load_wine, "digits": load_digits, "breast_cancer": load_breast_cancer}
+LOADERS = {"wine": load_wine, "digits": load_digits, "breast_cancer": load_breast_cancer, "iris": load_iris}
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,7 @@ def load_keys(directory: Path) -> KeySet:
     if not isinstance(meta, dict) or meta.get("format") != KEYS_FORMAT:
         raise KeySetError(f"{directory / META} is not a WaFL key description of format {KEYS_FORMAT}")
     try:
-        kind = KeyKind(meta.get("kind"))
+        kind = KeyKind(str(meta.get("kind")))
     except ValueError:
         raise KeySetError(f"{directory / META}: unknown key kind {meta.get('kind')!r}") from None
     for field in ("config", "circuit_sha256", "vk_hash"):

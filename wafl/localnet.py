@@ -25,6 +25,7 @@ from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import Anvil, free_port, fund
 from wafl.chain.deploy import Deployment, deploy
 from wafl.config import ModelConfig
+from wafl.keys import KeySet
 from wafl.messages import PUBLIC_MESSAGES
 from wafl.topology import Topology
 
@@ -113,6 +114,7 @@ class Federation:
     orgs: list[Org]
     vhost: str
     amqp_url: str
+    keys: KeySet | None = None
 
     @property
     def aggregator(self) -> AggregatorClient:
@@ -125,6 +127,8 @@ class Federation:
         env = org.env(dict(os.environ), self.amqp_url, self.deployment_path, self.anvil.url, len(self.orgs),
                       self.cfg.dataset or "")
         env["WAFL_METRICS_PORT"] = str(port)
+        if self.keys is not None:
+            env["WAFL_KEYS"] = str(self.keys.directory)
         env.update(extra_env or {})
         log_path = self.workdir / f"{org.name}-{service}-{replica}.log"
         handle = log_path.open("wb")
@@ -189,8 +193,14 @@ class Federation:
 
 @contextmanager
 def federation(cfg: ModelConfig, workdir: Path, org_count: int = 3, round_duration: int = 3600,
-               quorum: int | None = None, anvil_args: list[str] | None = None) -> Iterator[Federation]:
-    """Chain, deployment and keys for ``org_count`` organisations (services are started by the caller)."""
+               quorum: int | None = None, anvil_args: list[str] | None = None, keys: KeySet | None = None,
+               attest: bool = True) -> Iterator[Federation]:
+    """Chain, deployment and keys for ``org_count`` organisations (services are started by the caller).
+
+    `keys`: the key set to deploy and prove with (default: this machine's development keys).
+    `attest`: the organisations attest the keys at deployment; else the caller has them attest
+    (`wafl attest`), and round 1 opens with the last attestation.
+    """
     tag = uuid.uuid4().hex[:6]
     # Interval mining: confirmations need blocks even when nobody sends a transaction.
     with Anvil(block_time=1, extra_args=anvil_args) as anvil:
@@ -205,13 +215,14 @@ def federation(cfg: ModelConfig, workdir: Path, org_count: int = 3, round_durati
             key_file.write_text(account.key.hex())
             key_file.chmod(0o600)
             orgs.append(Org(f"f{tag}o{index}", index, account, key_file, redis_db=1 + index))
+        participants: list[str | LocalAccount] = [o.account if attest else o.account.address for o in orgs]
         deployment = deploy(w3, admin, cfg, quorum=quorum or org_count, round_duration=round_duration,
-                            participants=[o.account for o in orgs])
+                            participants=participants, keys=keys)
         deployment_path = workdir / "deployment.json"
         deployment.save(deployment_path)
         vhost = f"wafl-{tag}"
         amqp_url = create_vhost(vhost)
-        fed = Federation(cfg, workdir, anvil, w3, admin, deployment, deployment_path, orgs, vhost, amqp_url)
+        fed = Federation(cfg, workdir, anvil, w3, admin, deployment, deployment_path, orgs, vhost, amqp_url, keys)
         try:
             yield fed
         finally:

@@ -96,6 +96,8 @@ async def _until_terminated(simulation: Simulation) -> list[RoundRecord]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wafl.chain.deploy import DeploymentError
+
     console = Console(log_path=False, width=None if sys.stdout.isatty() else 140)
     try:
         plan = plan_from(args)
@@ -119,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         except TimeoutError as exc:
             print(f"wafl simulate: {exc}", file=sys.stderr)
             return 1
+        except DeploymentError as exc:
+            print(f"wafl simulate: {exc}", file=sys.stderr)
+            return 2
     console.print("training the central baseline (float, all data)...")
     central = central_baseline(plan.cfg, plan.data, plan.seed)
     rejections = [vars(r) for r in simulation.rejections]

@@ -1,7 +1,10 @@
 # syntax=docker/dockerfile:1.7
 # Local chain tooling for docker-compose: anvil from the pinned @foundry-rs/anvil npm package and
 # the one-shot job that deploys the contracts (solc from npm, `wafl deploy`) and registers the
-# participants. Not a production image: a real federation deploys once, from the admin's machine.
+# participants. The job also compiles the configuration's circuit (zokrates-js) and makes the
+# stack's development keys (groth16py) at run time, in its own container, then shares them through
+# the `keys` volume (deploy/compose/bootstrap.py). Not a production image: a real federation
+# deploys once, from the admin's machine, with the keys of its ceremony.
 #   docker build -f deploy/docker/chain.Dockerfile -t wafl-chain:dev .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG NODE_IMAGE=node:20-bookworm-slim
@@ -28,7 +31,7 @@ FROM ${PYTHON_IMAGE}
 # Node needs libstdc++6, which every Debian base image has (apt depends on it).
 RUN groupadd --gid 10001 wafl \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin wafl \
- && mkdir -p /deployments && chown 10001:10001 /deployments
+ && mkdir -p /deployments /keys && chown 10001:10001 /deployments /keys
 COPY --from=node-deps /usr/local/bin/node /usr/local/bin/node
 COPY --from=node-deps /app/node_modules /app/node_modules
 COPY --from=python-deps /opt/venv /opt/venv
@@ -41,8 +44,11 @@ ENV PATH=/opt/venv/bin:/app/node_modules/.bin:$PATH \
     HOME=/tmp \
     WAFL_HOME=/app
 WORKDIR /app
-# Contracts compiled at build time for every bundled configuration (cached under build/contracts).
-RUN python -c "from wafl.build import generated_verifier_path; from wafl.chain.compile import compile_contracts; from wafl.config import load_config, named_configs; [compile_contracts(generated_verifier_path(load_config(n))) for n in named_configs()]"
+# Contracts compiled at build time (one build serves every configuration: the verifier takes its
+# key at deployment; cached under build/contracts). The deploy job (uid 10001) writes the circuit
+# build and its development keys under build/ at run time.
+RUN python -c "from wafl.chain.compile import compile_contracts; compile_contracts()" \
+ && chown -R 10001:10001 /app/build
 USER 10001:10001
 EXPOSE 8545
 CMD ["anvil", "--host", "0.0.0.0", "--port", "8545", "--chain-id", "31337", "--hardfork", "osaka", "--block-time", "2"]

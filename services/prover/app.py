@@ -11,7 +11,7 @@ from wafl.keys import KeySet, KeySetError, load_keys
 from wafl.logs import configure_logging, get_logger
 from wafl.observability import serve_metrics
 from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
-from wafl.zk import ProverError, Prover
+from wafl.zk import Prover, ProverError
 from wafl_prover.handlers import SERVICE, ProverState, register
 from wafl_prover.proving import JobProver
 from wafl_prover.settings import ProverSettings
