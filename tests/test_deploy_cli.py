@@ -12,9 +12,9 @@ from eth_account import Account
 from web3 import Web3
 
 from tests.conftest import new_account
+from wafl.build import CircuitBuild, development_keys
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import Anvil, fund
-from wafl.build import CircuitBuild, development_keys
 from wafl.chain.deploy import Deployment, deploy
 from wafl.config import ModelConfig
 

@@ -217,9 +217,6 @@ def test_prover_image_installs_groth16py() -> None:
     assert any(line.startswith("groth16py==") for line in out), "the prover proves with groth16py"
 
 
-@pytest.mark.xfail(strict=True, reason="wafl/circuit.py derives CIRCUIT_DIR (and TEMPLATE) from its own file, not from "
-                   "wafl.paths.CIRCUIT_DIR: an installed package (the prover and chain images) cannot find "
-                   "wafl_step.zok.tmpl. Remove this marker once wafl/circuit.py imports CIRCUIT_DIR from wafl.paths.")
 def test_the_library_finds_its_circuits_under_wafl_home(tmp_path: Path) -> None:
     """In an image the package is installed into the venv while circuits/ lives in $WAFL_HOME
     (/app): every path the library derives for circuits/ must follow WAFL_HOME, not the package's

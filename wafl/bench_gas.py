@@ -25,7 +25,7 @@ from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import Anvil, fund, increase_time
 from wafl.chain.compile import compile_contracts
 from wafl.chain.deploy import deploy
-from wafl.chain.tx import ErrorDecoder, send
+from wafl.chain.tx import ContractRevertError, ErrorDecoder, send
 from wafl.circuit import CircuitKind, public_inputs, witness_args
 from wafl.config import ModelConfig
 from wafl.fixedpoint import Matrix, Weights, train_step
@@ -72,6 +72,29 @@ def _prove_and_submit(
     return result, int(receipt["gasUsed"])
 
 
+INVALID_PROOF_GAS_LIMIT = 10_000_000
+
+
+def _invalid_proof_gas(
+    cfg: ModelConfig, worker: Prover, aggregator: AggregatorClient, account: LocalAccount, round_id: int,
+    rng: random.Random,
+) -> int:
+    """Gas of a submission whose proof has A off the curve, mined with a 10M gas limit."""
+    global_model = aggregator.global_model()
+    x, y = synthetic_batch(cfg, rng)
+    update = train_step(cfg, global_model, x, y)
+    args = witness_args(cfg, CircuitKind.PACKED, global_model, update, x, y, int(account.address, 16), round_id)
+    proof = worker.prove(args).proof.as_uint256x8()
+    proof[0] ^= 1
+    try:
+        aggregator.submit_update(account, round_id, pack(cfg, update.flat()), proof, gas=INVALID_PROOF_GAS_LIMIT)
+    except ContractRevertError as exc:
+        if exc.name != "Wafl__InvalidProof" or exc.receipt is None:
+            raise
+        return int(exc.receipt["gasUsed"])
+    raise RuntimeError("a proof with A off the curve was accepted")
+
+
 def bench_packed(cfg: ModelConfig, options: BenchOptions) -> dict[str, Any]:
     rng = random.Random(options.seed)
     build = build_circuit(cfg, CircuitKind.PACKED)
@@ -97,6 +120,7 @@ def bench_packed(cfg: ModelConfig, options: BenchOptions) -> dict[str, Any]:
             result, gas = _prove_and_submit(cfg, worker, aggregator, member, round_id, rng)
             proof_seconds.append(result.proof_seconds)
             submit_gas.append(gas)
+        invalid_gas = _invalid_proof_gas(cfg, worker, aggregator, members[-1], round_id, rng)
         increase_time(w3, 3601)
         finalize_gas = int(aggregator.finalize_round(admin)["gasUsed"])
     all_accepted = submit_gas + finalizing_gas
@@ -110,6 +134,7 @@ def bench_packed(cfg: ModelConfig, options: BenchOptions) -> dict[str, Any]:
         "gas_submit_update_not_finalizing": int(statistics.median(submit_gas)),
         "gas_submit_update_finalizing": int(statistics.median(finalizing_gas)),
         "gas_finalize": finalize_gas,
+        "gas_invalid_proof": invalid_gas,
     }
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from enum import StrEnum
-from pathlib import Path
 
 from wafl.config import ROUND_BITS, SENDER_BITS, ModelConfig
 from wafl.field import to_field
 from wafl.fixedpoint import Matrix, Weights
 from wafl.packing import pack
+from wafl.paths import CIRCUIT_DIR
 
-CIRCUIT_DIR = Path(__file__).resolve().parent.parent / "circuits"
 TEMPLATE = CIRCUIT_DIR / "wafl_step.zok.tmpl"
 
 

@@ -129,9 +129,11 @@ def cmd_attest(args: argparse.Namespace) -> int:
     if not w3.is_connected():
         print(f"wafl: no Ethereum node answers at {args.rpc_url}", file=sys.stderr)
         return 2
+    from wafl.ceremony import CeremonyError
+
     try:
         tx = attest(w3, deployment, account, keys, check)
-    except AttestError as exc:
+    except (AttestError, CeremonyError) as exc:
         print(f"wafl: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"participant": account.address, "vk_hash": deployment.vk_hash, "tx": tx or None,

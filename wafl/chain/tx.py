@@ -27,6 +27,8 @@ class ContractRevertError(RuntimeError):
         self.name = name
         self.args_ = tuple(args)
         self.data = data
+        # The receipt when the transaction was mined and reverted (its gasUsed is what it cost).
+        self.receipt: TxReceipt | None = None
         shown = ", ".join(repr(a) for a in self.args_)
         super().__init__(f"reverted with {name}({shown})")
 
@@ -104,7 +106,9 @@ def send(
     tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)
     if receipt["status"] != 1:
-        raise replay_revert(w3, tx, receipt, decoder)
+        error = replay_revert(w3, tx, receipt, decoder)
+        error.receipt = receipt
+        raise error
     return receipt
 
 
