@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_ceremony_keys_deploy_attest_and_a_round_on_them(tmp_path: Path) -> None
     for index, org in enumerate(ORGS, start=1):
         out = tmp_path / f"step{index}"
         proc = wafl("ceremony", "contribute", "--in", str(previous), "--out", str(out), "--name", org)
-        hashes = [word for line in proc.stdout.splitlines() for word in line.split() if len(word) >= 64]
+        hashes = re.findall(r"\b[0-9a-f]{128}\b", proc.stdout)  # a 64-byte contribution hash
         assert hashes, proc.stdout
         mine[org] = hashes[0]
         previous = out
