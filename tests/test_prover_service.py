@@ -5,6 +5,7 @@ malformed, is dead-lettered with its reason and the prover goes on."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -28,10 +30,12 @@ from wafl.chain.deploy import Deployment, deploy
 from wafl.chainstate import write_state
 from wafl.config import load_config
 from wafl.data import load_org_data
+from wafl.keys import make_development_keys
 from wafl.messages import ProverJob
-from wafl.service import declare_topology, make_runtime
+from wafl.service import StartupError, check_chain, declare_topology, make_runtime
 from wafl.topology import DEAD_LETTER_REASON, Topology
 from wafl.zk import Prover
+from wafl_prover.app import keys_for
 from wafl_prover.handlers import ProverState, register
 from wafl_prover.proving import JobProver
 from wafl_prover.settings import ProverSettings
@@ -189,3 +193,26 @@ def test_sigterm_finishes_or_returns_the_job_in_hand(
         assert len(generated) == 1 and left_in_queue == 0, log[-2000:]  # finished, then acknowledged
     else:
         assert not generated and left_in_queue == 1, log[-2000:]  # returned, for another replica
+
+
+# ---- keys: only those the deployment's verifier holds ---------------------------------------------
+def test_the_prover_refuses_keys_the_verifier_does_not_hold(deployment: Deployment, tmp_path: Path) -> None:
+    build = build_circuit(load_config(CONFIG))
+    settings = ProverSettings(org="keys-check")
+    assert keys_for(settings, deployment, build).vk_hash == deployment.vk_hash
+    other = make_development_keys(build.r1cs, tmp_path / "other", config=CONFIG, circuit_sha256=build.circuit_sha256)
+    with pytest.raises(StartupError, match="are not the ones the deployment's verifier holds"):
+        keys_for(ProverSettings(org="keys-check", keys=other.directory), deployment, build)
+    ceremony = dataclasses.replace(deployment, keys_kind="ceremony")
+    with pytest.raises(StartupError, match="set WAFL_KEYS"):
+        keys_for(settings, ceremony, build)
+    with pytest.raises(StartupError, match="does not exist"):
+        keys_for(ProverSettings(org="keys-check", keys=tmp_path / "absent"), deployment, build)
+
+
+def test_services_refuse_an_artifact_naming_other_keys(w3: Web3, deployment: Deployment) -> None:
+    settings = ProverSettings(org="keys-check", rpc_url=str(w3.provider.endpoint_uri))  # type: ignore[attr-defined]
+    assert check_chain(settings, deployment)
+    wrong = dataclasses.replace(deployment, vk_hash="0x" + "00" * 32)
+    with pytest.raises(StartupError, match=r"verifies with key .* wrong artifact"):
+        check_chain(settings, wrong)
