@@ -19,7 +19,7 @@ from web3 import Web3
 
 from tests.brokers import REDIS_URL, counter
 from tests.conftest import new_account
-from tests.test_submitter import accepted_logs, proof_message, submitter
+from tests.submitting import accepted_logs, proof_message, submitter
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.deploy import Deployment, deploy
 from wafl.config import ModelConfig

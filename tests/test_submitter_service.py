@@ -21,7 +21,7 @@ from web3 import Web3
 
 from tests.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, counter, drain
 from tests.conftest import new_account
-from tests.test_submitter import proof_message
+from tests.submitting import proof_message
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import Anvil, fund, increase_time
 from wafl.chain.deploy import Deployment, deploy

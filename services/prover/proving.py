@@ -1,4 +1,4 @@
-"""The prover's plain core: a ProverJob in, a ProofGenerated out, on a long-lived ZoKrates worker."""
+"""The prover's plain core: a ProverJob in, a ProofGenerated out, on long-lived prover workers."""
 
 from __future__ import annotations
 
