@@ -206,6 +206,8 @@ def test_bundled_split_fits_the_configuration() -> None:
     assert all(o.x_train.dtype == np.int64 and o.x_train.shape[1] == 13 for o in data.orgs)
     assert all(int(o.x_train.min()) >= cfg.data_min and int(o.x_train.max()) <= cfg.data_max for o in data.orgs)
     with pytest.raises(ValueError, match="unknown dataset"):
+        bundled(cfg, "mnist", 4)
+    with pytest.raises(ValueError, match=r"dataset iris \(4 features, 3 classes\) does not fit"):
         bundled(cfg, "iris", 4)
     with pytest.raises(ValueError, match="at least two"):
         from_files(cfg, [Path("one.csv")])
