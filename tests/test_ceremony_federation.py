@@ -77,13 +77,13 @@ def test_ceremony_keys_deploy_attest_and_a_round_on_them(tmp_path: Path) -> None
         assert aggregator.verification_key_hash() == keys.vk_hash
 
         # ---- each organisation checks its own contribution and attests ---------------------------
+        wrong = wafl("attest", "--deployment", str(fed.deployment_path), "--rpc-url", fed.anvil.url,
+                     "--key-file", str(fed.orgs[0].key_file), "--keys", str(final), "--ptau", str(ptau),
+                     "--mine", "ab" * 64, check=False)  # a contribution that is not in the keys
+        assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
+        assert len(wrong.stderr.strip().splitlines()) == 1
         for org_name, org in zip(ORGS, fed.orgs, strict=True):
             assert aggregator.current_round().round == 0
-            wrong = wafl("attest", "--deployment", str(fed.deployment_path), "--rpc-url", fed.anvil.url,
-                         "--key-file", str(org.key_file), "--keys", str(final), "--ptau", str(ptau),
-                         "--mine", "ab" * 64, check=False)
-            assert wrong.returncode == 2 and "Traceback" not in wrong.stderr, wrong.stderr
-            assert len(wrong.stderr.strip().splitlines()) == 1
             wafl("attest", "--deployment", str(fed.deployment_path), "--rpc-url", fed.anvil.url,
                  "--key-file", str(org.key_file), "--keys", str(final), "--ptau", str(ptau), "--mine", mine[org_name])
             assert aggregator.has_attested(org.account.address)
