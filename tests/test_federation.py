@@ -194,7 +194,7 @@ def test_rounds_complete_through_faults(built: None, tmp_path: Path, monkeypatch
             time.sleep(0.05)
         victim.proc.send_signal(signal.SIGKILL)
         victim.proc.wait()
-        victim.expected_exit = True  # type: ignore[attr-defined]
+        victim.expected_exit = True
         fed.wait_for_round(3, ROUND_TIMEOUT)
 
         # 3. Redis flushed (it keeps nothing on disk here): progress is rebuilt from the chain,

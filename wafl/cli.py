@@ -196,9 +196,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
     import asyncio
 
     from wafl.secrets import register_url, safe_url
+    from wafl.settings import DEFAULT_AMQP_URL
     from wafl.tail import tail_until_signalled
 
-    url = args.amqp_url or os.environ.get("WAFL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    url = args.amqp_url or os.environ.get("WAFL_AMQP_URL", DEFAULT_AMQP_URL)
     org = args.org or os.environ.get("WAFL_ORG")
     if not org:
         print("wafl tail: which organisation? pass --org or set WAFL_ORG", file=sys.stderr)

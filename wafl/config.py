@@ -177,9 +177,6 @@ class ModelConfig(BaseModel):
         """round(v * 2^F): the fixed-point encoding of a real value."""
         return round(value * (1 << self.frac_bits))
 
-    def to_real(self, value: int) -> float:
-        return value / (1 << self.frac_bits)
-
 
 def _signed_bits(bound: int, shift: int) -> int:
     """Bits K with bound < 2^(K-1) and K - 1 >= shift."""

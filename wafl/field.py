@@ -7,8 +7,3 @@ def to_field(value: int) -> int:
     """Encode a signed integer as a field element (negative values wrap modulo p)."""
     return value % SNARK_FIELD
 
-
-def from_field(element: int) -> int:
-    """Decode a field element into the signed integer nearest zero."""
-    element %= SNARK_FIELD
-    return element - SNARK_FIELD if element > SNARK_FIELD // 2 else element

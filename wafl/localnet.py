@@ -29,8 +29,6 @@ from wafl.keys import KeySet
 from wafl.messages import PUBLIC_MESSAGES
 from wafl.topology import Topology
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-
 
 def rabbitmqctl(*args: str) -> str:
     proc = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
@@ -66,6 +64,7 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int
+    expected_exit: bool = False  # a test stopped it on purpose: not a crash
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -159,7 +158,7 @@ class Federation:
 
     def assert_alive(self) -> None:
         dead = [p for org in self.orgs for p in org.processes if p.proc.poll() is not None and p.proc.returncode != 0
-                and not getattr(p, "expected_exit", False)]
+                and not p.expected_exit]
         if dead:
             raise AssertionError("service exited: " + ", ".join(
                 f"{p.org}/{p.service}#{p.replica} ({p.proc.returncode}):\n{p.log()[-3000:]}" for p in dead))

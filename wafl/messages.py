@@ -14,8 +14,6 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
-SCHEMA_VERSION = 1
-
 
 def _parse_big_int(value: Any) -> Any:
     if isinstance(value, str):

@@ -180,11 +180,6 @@ async def preflight(settings: ServiceSettings, *, chain: bool = True) -> tuple[D
     return deployment, w3
 
 
-async def claim_once(redis: aioredis.Redis, key: str, value: str, ttl_seconds: int | None = None) -> bool:
-    """True the first time ``key`` is claimed; False for a duplicate."""
-    return bool(await redis.set(key, value, nx=True, ex=ttl_seconds))
-
-
 DONE = "done"
 
 
@@ -228,7 +223,3 @@ async def run_once(
     beat.cancel()
     await redis.set(key, DONE)
     return True
-
-
-def json_default(value: Any) -> Any:
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

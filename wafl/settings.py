@@ -17,6 +17,9 @@ from wafl.secrets import register_url
 
 S = TypeVar("S", bound="ServiceSettings")
 
+# The machine's own broker, as a development default (services, `wafl tail`, `wafl simulate`).
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
 
 class SettingsError(ValueError):
     """A configuration the service cannot start with; the message says what is wrong."""
@@ -26,7 +29,7 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAFL_", extra="forbid", frozen=True)
 
     org: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64, description="organisation id")
-    amqp_url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    amqp_url: SecretStr = SecretStr(DEFAULT_AMQP_URL)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     rpc_url: str = "http://127.0.0.1:8545"
     deployment: Path = Field(default=Path("deployments/local/deployment.json"), description="artifact file")

@@ -44,7 +44,7 @@ from wafl.localnet import delete_org_topology
 from wafl.messages import PUBLIC_MESSAGES, Message, ProofGenerated
 from wafl.packing import pack, unpack
 from wafl.service import Runtime, declare_topology, make_broker
-from wafl.settings import ServiceSettings
+from wafl.settings import DEFAULT_AMQP_URL, ServiceSettings
 from wafl.topology import DEAD_LETTER_REASON, DEAD_LETTER_SERVICE, Topology
 from wafl.zk import Prover
 from wafl_chain_watcher.follower import ChainFollower
@@ -217,10 +217,11 @@ class Simulation:
                                 participants=members)
             aggregator = AggregatorClient(w3, deployment)
             self.progress.on_start(f"aggregator {deployment.address}: {plan.orgs} organisations "
-                                   f"({plan.malicious} malicious), quorum {plan.honest}")
+                                   f"({plan.malicious} malicious), quorum {plan.honest}, "
+                                   f"{deployment.keys_kind.upper()} keys {deployment.vk_hash[:18]}")
             workers = [stack.enter_context(Prover(build)) for _ in range(plan.honest)]
             redis = self._redis()
-            amqp_url = plan.servers.amqp_url or "amqp://guest:guest@127.0.0.1:5672/"
+            amqp_url = plan.servers.amqp_url or DEFAULT_AMQP_URL
             honest = [HonestOrg(self._org_name(i), i, members[i], plan, deployment, w3, workers[i], redis, amqp_url,
                                 (self.tag, self._on_event))
                       for i in range(plan.honest)]
