@@ -28,7 +28,7 @@ $(VENV)/.rabbitmq-prometheus: | $(BIN)/python
 	rabbitmq-plugins enable --quiet rabbitmq_prometheus
 	touch $@
 
-# Circuits (compile + reproducible development setup) and contracts, cached by content hash.
+# Circuits (compile, r1cs), this machine's development keys (OS entropy) and contracts, cached.
 build: $(VENV)/.installed node_modules/.installed $(VENV)/.promtool $(VENV)/.rabbitmq-prometheus
 	$(BIN)/wafl build
 

@@ -1,6 +1,6 @@
 """Property tests: the torch trainer against the plain-Python reference, packing and FedAvg.
 
-The reference (wafl.fixedpoint) is the definition of the arithmetic (DESIGN section 2); the
+The reference (wafl.fixedpoint) is the definition of the arithmetic (docs/design.md section 2); the
 torch trainer must reproduce it bit for bit over random valid configurations, including the
 cases where the reference refuses (inputs out of range, weights leaving the lane range).
 """

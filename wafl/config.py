@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 
 class ModelConfig(BaseModel):
-    """Dimensions and fixed-point format of the proven training step (DESIGN section 2)."""
+    """Dimensions and fixed-point format of the proven training step (docs/design.md section 2)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

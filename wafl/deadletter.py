@@ -1,5 +1,5 @@
 """Dead-lettering with a reason: a message that cannot be processed is never retried forever and
-never silently dropped (DESIGN section 5).
+never silently dropped (docs/design.md section 7).
 
 The middleware sits around every handler:
 - a body that does not validate (malformed JSON, wrong schema version, missing field) and a

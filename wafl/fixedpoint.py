@@ -1,4 +1,4 @@
-"""Plain-Python reference of the proven training step and of FedAvg (DESIGN section 2).
+"""Plain-Python reference of the proven training step and of FedAvg (docs/design.md section 2).
 
 This is the definition: the torch trainer, the ZoKrates circuit and the contract are tested
 against it bit for bit. Truncation is floor division by a power of two (``>>`` on Python ints

@@ -1,4 +1,4 @@
-"""Message schemas: one pydantic model per topic, all encoding in one place (DESIGN section 5).
+"""Message schemas: one pydantic model per topic, all encoding in one place (docs/design.md section 7).
 
 Every message carries a schema version, a message id, the organisation and the time it was
 emitted. Large integers (packed words, proof coordinates) travel as decimal strings so that no

@@ -1,4 +1,4 @@
-"""Weight lanes packed into field elements (DESIGN section 3).
+"""Weight lanes packed into field elements (docs/design.md section 4).
 
 Each weight w becomes an offset-binary lane u = w + 2^(L-1) in [0, 2^L), placed in a slot of
 L + H bits (H zero headroom bits) so that the contract can add packed words of up to 2^H

@@ -1,4 +1,4 @@
-"""RabbitMQ topology of one organisation, declared once (DESIGN section 5).
+"""RabbitMQ topology of one organisation, declared once (docs/design.md section 7).
 
 - ``wafl.<org>.events``: durable topic exchange for public events (routing key = topic);
 - ``wafl.<org>.prover.jobs``: durable work queue for prover jobs (private: reached through the

@@ -1,4 +1,4 @@
-"""The trainer's fixed-point training step in torch int64 (DESIGN section 2).
+"""The trainer's fixed-point training step in torch int64 (docs/design.md section 2).
 
 This reproduces :func:`wafl.fixedpoint.train_step` bit for bit: same inputs, same range
 checks (same exception type and message), same floor truncation, same outputs. It knows

@@ -85,9 +85,9 @@ def deploy(
     """Deploy with `keys` (default: this machine's development keys) and register participants.
 
     Participants given as accounts (tests, simulations: keys this process holds) also attest the
-    keys, which opens round 1 once all have; an organisation attests itself with `wafl ceremony
-    attest`. Development keys are refused on a chain that is not a local development chain
-    unless `allow_development_keys`.
+    keys, which opens round 1 once all have; an organisation attests itself with `wafl attest`.
+    Development keys are refused on a chain that is not a local development chain unless
+    `allow_development_keys`.
     """
     build = build_circuit(cfg)
     keys = keys if keys is not None else development_keys(build)
