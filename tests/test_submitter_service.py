@@ -185,12 +185,24 @@ def test_refuses_to_start_without_a_usable_key(
     bad.write_text(near + "\n")
     assert_refused(run_submitter({**env, "WAFL_KEY_FILE": str(bad)}),
                    f"key file {bad} (WAFL_KEY_FILE) does not hold a private key", [near])
-    unreadable = tmp_path / "unreadable.key"
-    unreadable.write_text(Account.create().key.hex())
-    unreadable.chmod(0)
-    if os.geteuid() != 0:  # root reads anything
-        assert_refused(run_submitter({**env, "WAFL_KEY_FILE": str(unreadable)}),
-                       f"cannot read key file {unreadable} (WAFL_KEY_FILE): Permission denied", [])
+    directory = tmp_path / "keys.d"
+    directory.mkdir()
+    assert_refused(run_submitter({**env, "WAFL_KEY_FILE": str(directory)}),
+                   f"key file {directory} (WAFL_KEY_FILE) is a directory, not a key file", [])
+
+
+def test_refuses_a_key_file_it_may_not_read(
+    org: str, anvil: Anvil, artifact: tuple[Path, Deployment], tmp_path: Path,
+) -> None:
+    if os.geteuid() == 0:
+        # Root reads a file of mode 000; nobody reads its own /proc/self/mem from offset 0 (EIO).
+        unreadable, reason = Path("/proc/self/mem"), "Input/output error"
+    else:
+        unreadable, reason = tmp_path / "unreadable.key", "Permission denied"
+        unreadable.write_text(Account.create().key.hex())
+        unreadable.chmod(0)
+    assert_refused(run_submitter({**base_env(org, anvil, artifact), "WAFL_KEY_FILE": str(unreadable)}),
+                   f"cannot read key file {unreadable} (WAFL_KEY_FILE): {reason}", [])
 
 
 def test_refuses_to_start_with_an_unregistered_key(
