@@ -280,18 +280,24 @@ def _read_at(path: Path, offset: int, size: int) -> bytes:
         return f.read(size)
 
 
+def _header(path: Path, magic: bytes) -> tuple[bytes, int, dict[int, list[tuple[int, int]]]]:
+    """An iden3 binary file's header section, the field size n8 it starts with, and all sections."""
+    sections = bin_sections(path, magic)
+    if 1 not in sections:
+        raise CeremonyError(f"{path} has no header")
+    offset, size = sections[1][0]
+    header = _read_at(path, offset, size)
+    (n8,) = struct.unpack_from("<I", header, 0)
+    return header, n8, sections
+
+
 def required_power(r1cs: Path) -> int:
     """The smallest phase 1 power for a circuit: 2^power >= constraints + public values + 1.
 
     The same domain snarkjs' newZKey sizes (public values: inputs and outputs).
     """
     r1cs = Path(r1cs)
-    sections = bin_sections(r1cs, b"r1cs")
-    if 1 not in sections:
-        raise CeremonyError(f"{r1cs} has no header")
-    offset, size = sections[1][0]
-    header = _read_at(r1cs, offset, size)
-    (n8,) = struct.unpack_from("<I", header, 0)
+    header, n8, _ = _header(r1cs, b"r1cs")
     try:
         _vars, outputs, public_inputs, _private, _labels, constraints = struct.unpack_from("<IIIIQI", header, 4 + n8)
     except struct.error:
@@ -303,12 +309,7 @@ def required_power(r1cs: Path) -> int:
 def ptau_power(ptau: Path) -> int:
     """The power of a ptau file; refuses one not prepared for phase 2."""
     ptau = Path(ptau)
-    sections = bin_sections(ptau, b"ptau")
-    if 1 not in sections:
-        raise CeremonyError(f"{ptau} has no header")
-    offset, size = sections[1][0]
-    header = _read_at(ptau, offset, size)
-    (n8,) = struct.unpack_from("<I", header, 0)
+    header, n8, sections = _header(ptau, b"ptau")
     (power,) = struct.unpack_from("<I", header, 4 + n8)
     if 12 not in sections:
         raise CeremonyError(f"{ptau} is not prepared for phase 2 (use a *_final ptau, after preparePhase2)")

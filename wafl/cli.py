@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from wafl.chain.deploy import DeploymentError
 from wafl.config import ConfigError, load_config, named_configs
 from wafl.keys import KeySetError
 
@@ -69,7 +68,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from eth_account import Account
     from web3 import HTTPProvider, Web3
 
-    from wafl.chain.deploy import deploy
+    from wafl.chain.deploy import DeploymentError, deploy
     from wafl.keys import load_keys
 
     cfg = load_config(args.config)
@@ -83,10 +82,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not w3.is_connected():
         raise SystemExit(f"no Ethereum node answers at {args.rpc_url}")
     participants = [p for p in (args.participants or "").split(",") if p]
-    deployment = deploy(
-        w3, deployer, cfg, quorum=args.quorum, round_duration=args.round_duration, participants=participants,
-        keys=keys, allow_development_keys=args.allow_development_keys,
-    )
+    try:
+        deployment = deploy(
+            w3, deployer, cfg, quorum=args.quorum, round_duration=args.round_duration, participants=participants,
+            keys=keys, allow_development_keys=args.allow_development_keys,
+        )
+    except DeploymentError as exc:
+        print(f"wafl: {exc}", file=sys.stderr)
+        return 2
     deployment.save(Path(args.out))
     print(json.dumps({
         "address": deployment.address, "start_block": deployment.start_block, "out": args.out,
@@ -353,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (ConfigError, KeySetError, DeploymentError) as exc:
+    except (ConfigError, KeySetError) as exc:
         print(f"wafl: {exc}", file=sys.stderr)
         return 2
     return code
