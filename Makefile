@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup build test lint docs simulate bench clean
+.PHONY: setup build test unit integration lint docs simulate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,11 +34,19 @@ build: $(VENV)/.installed node_modules/.installed $(VENV)/.promtool $(VENV)/.rab
 
 setup: build
 
+# Both halves: tests/unit (no servers, no circuit builds) and tests/integration (real RabbitMQ,
+# Redis, anvil, ZoKrates, snarkjs, solc).
 test: setup
 	$(BIN)/pytest -q
 
+unit: $(VENV)/.installed node_modules/.installed $(VENV)/.promtool
+	$(BIN)/pytest -q tests/unit
+
+integration: setup
+	$(BIN)/pytest -q tests/integration
+
 lint: $(VENV)/.installed
-	$(BIN)/ruff check wafl services tests
+	$(BIN)/ruff check wafl services tools tests deploy
 	$(BIN)/mypy
 
 SERVICES := trainer prover submitter chain_watcher metrics
@@ -46,7 +54,7 @@ SERVICES := trainer prover submitter chain_watcher metrics
 # AsyncAPI documents of every service, rendered by FastStream (tests/test_asyncapi_docs.py checks them).
 docs: $(VENV)/.installed
 	mkdir -p docs/asyncapi
-	for s in $(SERVICES); do $(BIN)/faststream docs gen --factory wafl_$$s.app:create_app --yaml --out docs/asyncapi/$$s.yaml || exit 1; done
+	for s in $(SERVICES); do $(BIN)/faststream docs gen --factory services.$$s.app:create_app --yaml --out docs/asyncapi/$$s.yaml || exit 1; done
 
 simulate: setup
 	$(BIN)/wafl simulate

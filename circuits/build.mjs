@@ -6,7 +6,7 @@
 // Writes program.bin and abi.json (ZoKrates' program: the witness is computed from it),
 // circuit.r1cs (the same constraint system in snarkjs' format: what a setup ceremony and the
 // provers work on) and build.json to <out-dir>. No keys are made here: a federation's keys come
-// from `wafl ceremony`, development keys from a one-party setup (wafl/keys.py).
+// from `wafl ceremony`, development keys from a one-party setup (wafl/zk/keys.py).
 import fs from "node:fs";
 import path from "node:path";
 import { provider, zokratesVersion } from "./zokrates.mjs";

@@ -10,11 +10,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from tests.brokers import delete_org, unique_org
-from wafl.build import CircuitBuild, build_circuit
+from tests.support.brokers import delete_org, unique_org
 from wafl.chain.anvil import Anvil, fund
-from wafl.config import ModelConfig, load_config
-from wafl.zk import Prover
+from wafl.core.config import ModelConfig, load_config
+from wafl.zk.build import CircuitBuild, build_circuit
+from wafl.zk.prover import Prover
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ contract WaflVerifier is IWaflVerifier {
     address private immutable _key;
 
     /// @param key alpha, beta, gamma, delta, IC_0 .. IC_{2n+2} as words, G2 coordinates in the
-    /// precompile's order (imaginary part first); n = nWords. See wafl/keys.py (vk_words).
+    /// precompile's order (imaginary part first); n = nWords. See wafl/zk/keys.py (vk_words).
     constructor(uint256[] memory key) {
         // inputs = 2 * nWords + 2 (global words, round, update words, sender): 2n + 3 IC points
         if (key.length < FIXED_KEY_WORDS + 2 * 5 || (key.length - FIXED_KEY_WORDS) % 4 != 2) {

@@ -38,9 +38,9 @@ from pathlib import Path
 from eth_account import Account
 from web3 import HTTPProvider, Web3
 
-from wafl.build import build_circuit, development_keys
-from wafl.config import load_config
-from wafl.keys import KeySet, KeySetError, load_keys
+from wafl.core.config import load_config
+from wafl.zk.build import build_circuit, development_keys
+from wafl.zk.keys import KeySet, KeySetError, load_keys
 
 # The key set's description is written last: a copy cut short is never a loadable key set.
 KEYS_META = "keys.json"
@@ -128,7 +128,7 @@ def install_key_set(source: Path, target: Path) -> None:
 
 def ensure_keys(config: str, directory: Path) -> KeySet:
     """The development key set of ``config``'s circuit in ``directory``: the one already there, or
-    this container's (made once, with OS entropy, by wafl.build.development_keys) copied in."""
+    this container's (made once, with OS entropy, by wafl.zk.build.development_keys) copied in."""
     build = build_circuit(load_config(config))
     keys = shared_keys(directory, build.circuit_sha256)
     if keys is not None:

@@ -25,6 +25,7 @@ RUN python deploy/docker/requirements.py --without torch,numpy,scikit-learn,rich
  && pip install -r /tmp/requirements.txt
 COPY wafl ./wafl
 COPY services ./services
+COPY tools ./tools
 RUN pip install --no-deps . && rm -rf build
 
 FROM ${PYTHON_IMAGE}

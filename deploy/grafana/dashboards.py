@@ -41,6 +41,8 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 
+from services import SERVICE_NAMES
+
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 
 # ---- metric names (the services' prometheus-client metrics; counters get _total) ---------------
@@ -60,7 +62,7 @@ DEAD_LETTERED = "wafl_messages_dead_lettered_total"
 HANDLED = "wafl_messages_handled_total"
 DUPLICATES = "wafl_duplicates_skipped_total"
 
-SERVICES = ("trainer", "prover", "submitter", "chain_watcher", "metrics")
+SERVICES = SERVICE_NAMES
 SERVICE_RE = "|".join(SERVICES)
 
 ORG = 'org=~"$org"'

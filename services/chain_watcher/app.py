@@ -4,21 +4,20 @@ from __future__ import annotations
 
 from faststream import FastStream
 
-from wafl.logs import configure_logging
-from wafl.observability import serve_metrics
-from wafl.service import announce_start, make_app, make_runtime, preflight
-from wafl_chain_watcher.follower import ChainFollower
-from wafl_chain_watcher.handlers import SERVICE, WatcherState, register
-from wafl_chain_watcher.settings import ChainWatcherSettings
+from services.chain_watcher.follower import ChainFollower
+from services.chain_watcher.handlers import SERVICE, WatcherState, register
+from services.chain_watcher.settings import ChainWatcherSettings
+from wafl.bus.logs import configure_logging
+from wafl.bus.observability import serve_metrics
+from wafl.bus.service import ServiceSpec, announce_start, make_app, make_runtime, preflight
 
 EXAMPLE = ChainWatcherSettings(org="example")
-SETTINGS = ChainWatcherSettings
 
 
 def create_app(settings: ChainWatcherSettings = EXAMPLE, state: WatcherState | None = None) -> FastStream:
     runtime = make_runtime(settings, SERVICE)
     watcher = register(runtime, state or WatcherState(poll_interval=settings.poll_interval))
-    app = make_app(runtime, "WaFL chain watcher")
+    app = make_app(runtime)
 
     @app.after_startup
     async def _start() -> None:
@@ -42,3 +41,6 @@ async def serve(settings: ChainWatcherSettings) -> None:
     announce_start(app, metrics_port=port, confirmations=settings.confirmations,
                       start_block=deployment.start_block)
     await app.run()
+
+
+SPEC = ServiceSpec(SERVICE, ChainWatcherSettings, create_app, serve)

@@ -15,8 +15,8 @@ from typing import Any
 
 from web3 import Web3
 
-from wafl.chain.deploy import Deployment
-from wafl.messages import ChainEvent, RoundFinalized, RoundOpened, UpdateAccepted
+from wafl.bus.messages import ChainEvent, RoundFinalized, RoundOpened, UpdateAccepted
+from wafl.chain.artifact import Deployment
 
 KEEP_HASHES = 256
 

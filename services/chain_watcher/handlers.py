@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import structlog
 from faststream.rabbit.publisher import RabbitPublisher
 
-from wafl.chainstate import write_state
-from wafl.messages import ChainEvent, RoundDeadline, RoundFinalized, RoundOpened, UpdateAccepted
-from wafl.service import Runtime
-from wafl_chain_watcher.follower import ChainFollower, Cursor, Head
+from services.chain_watcher.follower import ChainFollower, Cursor, Head
+from wafl.bus.chainstate import write_state
+from wafl.bus.messages import ChainEvent, RoundDeadline, RoundFinalized, RoundOpened, UpdateAccepted
+from wafl.bus.service import Runtime
 
 SERVICE = "chain_watcher"
 log = structlog.get_logger()
@@ -46,7 +46,7 @@ class Watcher:
         if raw is None:
             return Cursor(scanned_to=follower.start_block - 1)
         data = json.loads(raw)
-        return Cursor(data["scanned_to"], tuple(data["last_published"]),  # type: ignore[arg-type]
+        return Cursor(data["scanned_to"], tuple(data["last_published"]),
                       {int(k): v for k, v in data["hashes"].items()})
 
     async def save_cursor(self, cursor: Cursor) -> None:

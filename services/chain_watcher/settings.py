@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from wafl.settings import ServiceSettings
+from wafl.bus.settings import ServiceSettings
 
 
 class ChainWatcherSettings(ServiceSettings):

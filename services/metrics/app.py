@@ -5,22 +5,21 @@ from __future__ import annotations
 from faststream import FastStream
 from prometheus_client import REGISTRY
 
-from wafl.data import load_org_data
-from wafl.logs import configure_logging
-from wafl.observability import serve_metrics
-from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
-from wafl_metrics.book import MetricsBook
-from wafl_metrics.handlers import SERVICE, MetricsState, register
-from wafl_metrics.settings import MetricsSettings
+from services.metrics.book import MetricsBook
+from services.metrics.handlers import SERVICE, MetricsState, register
+from services.metrics.settings import MetricsSettings
+from wafl.bus.logs import configure_logging
+from wafl.bus.observability import serve_metrics
+from wafl.bus.service import ServiceSpec, StartupError, announce_start, make_app, make_runtime, preflight
+from wafl.data.datasets import load_org_data
 
 EXAMPLE = MetricsSettings(org="example")
-SETTINGS = MetricsSettings
 
 
 def create_app(settings: MetricsSettings = EXAMPLE, state: MetricsState | None = None) -> FastStream:
     runtime = make_runtime(settings, SERVICE)
     register(runtime, state or MetricsState())
-    return make_app(runtime, "WaFL metrics")
+    return make_app(runtime)
 
 
 async def serve(settings: MetricsSettings) -> None:
@@ -38,3 +37,6 @@ async def serve(settings: MetricsSettings) -> None:
     port = serve_metrics(settings.metrics_port)
     announce_start(app, metrics_port=port, config=cfg.name, held_out=len(data.x_test))
     await app.run()
+
+
+SPEC = ServiceSpec(SERVICE, MetricsSettings, create_app, serve)

@@ -6,10 +6,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from wafl.config import ModelConfig
-from wafl.data import OrgData, evaluate
-from wafl.fixedpoint import Weights
-from wafl.messages import (
+from wafl.bus.messages import (
     Message,
     ProofGenerated,
     RoundDeadline,
@@ -21,7 +18,10 @@ from wafl.messages import (
     UpdateSubmitted,
     UpdateTrained,
 )
-from wafl.packing import unpack
+from wafl.core.config import ModelConfig
+from wafl.core.fixedpoint import Weights
+from wafl.core.packing import unpack
+from wafl.data.datasets import OrgData, evaluate
 
 SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
 GAS = (50_000, 100_000, 200_000, 250_000, 300_000, 350_000, 400_000, 500_000, 750_000, 1_000_000, 2_000_000)

@@ -8,11 +8,11 @@ from typing import Any
 
 import structlog
 
-from wafl.chainstate import classify_round
-from wafl.messages import PUBLIC_MESSAGES, Message
-from wafl.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
-from wafl.service import Runtime
-from wafl_metrics.book import MetricsBook
+from services.metrics.book import MetricsBook
+from wafl.bus.chainstate import classify_round
+from wafl.bus.messages import PUBLIC_MESSAGES, Message
+from wafl.bus.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
+from wafl.bus.service import Runtime
 
 SERVICE = "metrics"
 SEEN_TTL_SECONDS = 14 * 24 * 3600

@@ -5,19 +5,18 @@ from __future__ import annotations
 from aiormq.exceptions import ChannelClosed
 from faststream import FastStream
 
-from wafl.build import BuildError, CircuitBuild, build_circuit, development_keys
-from wafl.chain.deploy import Deployment
-from wafl.keys import KeySet, KeySetError, load_keys
-from wafl.logs import configure_logging, get_logger
-from wafl.observability import serve_metrics
-from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
-from wafl.zk import Prover, ProverError
-from wafl_prover.handlers import SERVICE, ProverState, register
-from wafl_prover.proving import JobProver
-from wafl_prover.settings import ProverSettings
+from services.prover.handlers import SERVICE, ProverState, register
+from services.prover.proving import JobProver
+from services.prover.settings import ProverSettings
+from wafl.bus.logs import configure_logging, get_logger
+from wafl.bus.observability import serve_metrics
+from wafl.bus.service import ServiceSpec, StartupError, announce_start, make_app, make_runtime, preflight
+from wafl.chain.artifact import Deployment
+from wafl.zk.build import BuildError, CircuitBuild, build_circuit, development_keys
+from wafl.zk.keys import KeySet, KeySetError, load_keys
+from wafl.zk.prover import Prover, ProverError
 
 EXAMPLE = ProverSettings(org="example")
-SETTINGS = ProverSettings
 
 
 def create_app(settings: ProverSettings = EXAMPLE, state: ProverState | None = None) -> FastStream:
@@ -25,7 +24,7 @@ def create_app(settings: ProverSettings = EXAMPLE, state: ProverState | None = N
     # which is acknowledged only after its proof is published; an unfinished job is returned.
     runtime = make_runtime(settings, SERVICE, graceful_timeout=settings.graceful_timeout)
     register(runtime, state or ProverState(lease_seconds=settings.lease_seconds))
-    return make_app(runtime, "WaFL prover")
+    return make_app(runtime)
 
 
 async def serve(settings: ProverSettings) -> None:
@@ -76,3 +75,6 @@ def keys_for(settings: ProverSettings, deployment: Deployment, build: CircuitBui
             f"holds ({deployment.vk_hash}): its proofs would all be rejected"
         )
     return keys
+
+
+SPEC = ServiceSpec(SERVICE, ProverSettings, create_app, serve)

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import structlog
 from faststream.rabbit import Channel
 
-from wafl.chainstate import classify_round
-from wafl.deadletter import RejectMessage
-from wafl.messages import ProofGenerated, ProverJob
-from wafl.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
-from wafl.service import Runtime, run_once
-from wafl.zk import UnsatisfiedConstraintError
-from wafl_prover.proving import JobProver
+from services.prover.proving import JobProver
+from wafl.bus.chainstate import classify_round
+from wafl.bus.deadletter import RejectMessage
+from wafl.bus.messages import ProofGenerated, ProverJob
+from wafl.bus.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
+from wafl.bus.service import Runtime, run_once
+from wafl.zk.prover import UnsatisfiedConstraintError
 
 SERVICE = "prover"
 log = structlog.get_logger()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from wafl.circuit import CircuitKind, witness_args
-from wafl.config import ModelConfig
-from wafl.fixedpoint import Weights
-from wafl.messages import ProofGenerated, ProverJob
-from wafl.packing import unpack
-from wafl.zk import Prover
+from wafl.bus.messages import ProofGenerated, ProverJob
+from wafl.core.config import ModelConfig
+from wafl.core.fixedpoint import Weights
+from wafl.core.packing import unpack
+from wafl.zk.circuit import CircuitKind, witness_args
+from wafl.zk.prover import Prover
 
 
 class JobProver:
@@ -20,7 +20,7 @@ class JobProver:
         self.proof_timeout = proof_timeout
 
     def prove(self, job: ProverJob) -> ProofGenerated:
-        """Blocking. Raises wafl.zk.UnsatisfiedConstraintError when the job's data and weights do
+        """Blocking. Raises wafl.zk.prover.UnsatisfiedConstraintError when the job's data and weights do
         not satisfy the circuit (the job can never be proven)."""
         cfg = self.cfg
         queued = (datetime.now(UTC) - job.trained_at).total_seconds()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from wafl.settings import ServiceSettings
-from wafl.zk import Backend
+from wafl.bus.settings import ServiceSettings
+from wafl.zk.prover import Backend
 
 
 class ProverSettings(ServiceSettings):

@@ -7,14 +7,14 @@ import asyncio
 from faststream import FastStream
 from web3 import Web3
 
+from services.submitter.core import Submitter, TxPolicy
+from services.submitter.handlers import SERVICE, SubmitterState, register
+from services.submitter.keys import load_account
+from services.submitter.settings import SubmitterSettings
+from wafl.bus.logs import configure_logging, get_logger
+from wafl.bus.observability import serve_metrics
+from wafl.bus.service import ServiceSpec, StartupError, announce_start, make_app, make_runtime, preflight
 from wafl.chain.aggregator import AggregatorClient
-from wafl.logs import configure_logging, get_logger
-from wafl.observability import serve_metrics
-from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
-from wafl_submitter.core import Submitter, TxPolicy
-from wafl_submitter.handlers import SERVICE, SubmitterState, register
-from wafl_submitter.keys import load_account
-from wafl_submitter.settings import SubmitterSettings
 
 EXAMPLE = SubmitterSettings(org="example")
 
@@ -22,7 +22,7 @@ EXAMPLE = SubmitterSettings(org="example")
 def create_app(settings: SubmitterSettings = EXAMPLE, state: SubmitterState | None = None) -> FastStream:
     runtime = make_runtime(settings, SERVICE)
     register(runtime, state or SubmitterState())
-    return make_app(runtime, "WaFL submitter")
+    return make_app(runtime)
 
 
 def policy_from(settings: SubmitterSettings) -> TxPolicy:
@@ -70,11 +70,11 @@ async def serve(settings: SubmitterSettings) -> None:
     state = SubmitterState(Submitter(aggregator, account, runtime.redis, runtime.key(), settings.org,
                                      policy_from(settings)))
     register(runtime, state)
-    app = make_app(runtime, "WaFL submitter")
+    app = make_app(runtime)
     port = serve_metrics(settings.metrics_port)
     announce_start(app, metrics_port=port, address=account.address, aggregator=deployment.address,
              balance_wei=balance)
     await app.run()
 
 
-SETTINGS = SubmitterSettings
+SPEC = ServiceSpec(SERVICE, SubmitterSettings, create_app, serve)

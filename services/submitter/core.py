@@ -38,10 +38,10 @@ from web3 import Web3
 from web3.exceptions import ContractLogicError, TransactionNotFound, Web3RPCError
 from web3.types import TxParams, TxReceipt
 
+from services.submitter.nonces import NonceManager, NonceSession
+from wafl.bus.messages import ProofGenerated, RoundFinalizeSent, UpdateFailed, UpdateSubmitted
+from wafl.bus.secrets import redact
 from wafl.chain.aggregator import AggregatorClient
-from wafl.messages import ProofGenerated, RoundFinalizeSent, UpdateFailed, UpdateSubmitted
-from wafl.secrets import redact
-from wafl_submitter.nonces import NonceManager, NonceSession
 
 log = structlog.get_logger()
 P = ParamSpec("P")

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from wafl.deadletter import RejectMessage
-from wafl.messages import ProofGenerated, RoundDeadline, RoundFinalizeSent, UpdateFailed, UpdateSubmitted
-from wafl.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
-from wafl.service import Runtime
-from wafl_submitter.core import RECORD_TTL_SECONDS, Submitter, UnknownRoundError, WrongParticipantError
+from services.submitter.core import RECORD_TTL_SECONDS, Submitter, UnknownRoundError, WrongParticipantError
+from wafl.bus.deadletter import RejectMessage
+from wafl.bus.messages import ProofGenerated, RoundDeadline, RoundFinalizeSent, UpdateFailed, UpdateSubmitted
+from wafl.bus.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
+from wafl.bus.service import Runtime
 
 SERVICE = "submitter"
 log = structlog.get_logger()

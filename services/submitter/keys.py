@@ -12,9 +12,9 @@ import stat
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
-from wafl.secrets import register_secret
-from wafl.service import StartupError
-from wafl_submitter.settings import SubmitterSettings
+from services.submitter.settings import SubmitterSettings
+from wafl.bus.secrets import register_secret
+from wafl.bus.service import StartupError
 
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 

@@ -2,7 +2,7 @@
 
 The organisation's private key comes from a file (``WAFL_KEY_FILE``, the normal case: a mounted
 secret) or from ``WAFL_SUBMITTER_KEY``; either way it is registered for redaction as soon as it is
-read and never printed. Reading and checking it is ``wafl_submitter.keys.load_account``.
+read and never printed. Reading and checking it is ``services.submitter.keys.load_account``.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from wafl.secrets import register_secret
-from wafl.settings import ServiceSettings
+from wafl.bus.secrets import register_secret
+from wafl.bus.settings import ServiceSettings
 
 
 class SubmitterSettings(ServiceSettings):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from faststream import FastStream
 
-from wafl.data import load_org_data
-from wafl.logs import configure_logging
-from wafl.observability import serve_metrics
-from wafl.service import StartupError, announce_start, make_app, make_runtime, preflight
-from wafl_trainer.handlers import SERVICE, TrainerState, register
-from wafl_trainer.rounds import RoundTrainer
-from wafl_trainer.settings import TrainerSettings
+from services.trainer.handlers import SERVICE, TrainerState, register
+from services.trainer.rounds import RoundTrainer
+from services.trainer.settings import TrainerSettings
+from wafl.bus.logs import configure_logging
+from wafl.bus.observability import serve_metrics
+from wafl.bus.service import ServiceSpec, StartupError, announce_start, make_app, make_runtime, preflight
+from wafl.data.datasets import load_org_data
 
 EXAMPLE = TrainerSettings(org="example", participant="0x" + "00" * 20)
 
@@ -18,7 +18,7 @@ EXAMPLE = TrainerSettings(org="example", participant="0x" + "00" * 20)
 def create_app(settings: TrainerSettings = EXAMPLE, state: TrainerState | None = None) -> FastStream:
     runtime = make_runtime(settings, SERVICE)
     register(runtime, state or TrainerState())
-    return make_app(runtime, "WaFL trainer")
+    return make_app(runtime)
 
 
 async def serve(settings: TrainerSettings) -> None:
@@ -38,4 +38,6 @@ async def serve(settings: TrainerSettings) -> None:
     port = serve_metrics(settings.metrics_port)
     announce_start(app, metrics_port=port, config=cfg.name, samples=len(data.x_train))
     await app.run()
-SETTINGS = TrainerSettings
+
+
+SPEC = ServiceSpec(SERVICE, TrainerSettings, create_app, serve)

@@ -1,6 +1,6 @@
 """The trainer's fixed-point training step in torch int64 (docs/design.md section 2).
 
-This reproduces :func:`wafl.fixedpoint.train_step` bit for bit: same inputs, same range
+This reproduces :func:`wafl.core.fixedpoint.train_step` bit for bit: same inputs, same range
 checks (same exception type and message), same floor truncation, same outputs. It knows
 nothing of the broker; the service wraps it.
 
@@ -19,8 +19,8 @@ from typing import NamedTuple, TypeAlias
 import numpy as np
 import torch
 
-from wafl.config import ModelConfig
-from wafl.fixedpoint import FixedPointRangeError, Weights
+from wafl.core.config import ModelConfig
+from wafl.core.fixedpoint import FixedPointRangeError, Weights
 
 __all__ = [
     "IntMatrixLike",

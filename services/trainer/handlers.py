@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from wafl.chainstate import classify_round
-from wafl.messages import ProverJob, RoundOpened, UpdateTrained
-from wafl.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
-from wafl.service import Runtime, run_once
-from wafl_trainer.rounds import RoundTrainer
+from services.trainer.rounds import RoundTrainer
+from wafl.bus.chainstate import classify_round
+from wafl.bus.messages import ProverJob, RoundOpened, UpdateTrained
+from wafl.bus.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
+from wafl.bus.service import Runtime, run_once
 
 SERVICE = "trainer"
 log = structlog.get_logger()

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from wafl.config import ModelConfig
-from wafl.data import OrgData
-from wafl.fixedpoint import Weights
-from wafl.messages import ProverJob, UpdateTrained
-from wafl.packing import pack, unpack
-from wafl_trainer.core import TorchFixedPointTrainer
+from services.trainer.core import TorchFixedPointTrainer
+from wafl.bus.messages import ProverJob, UpdateTrained
+from wafl.core.config import ModelConfig
+from wafl.core.fixedpoint import Weights
+from wafl.core.packing import pack, unpack
+from wafl.data.datasets import OrgData
 
 
 class RoundTrainer:

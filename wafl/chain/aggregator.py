@@ -10,12 +10,12 @@ from web3.contract import Contract
 from web3.exceptions import ContractLogicError
 from web3.types import TxReceipt
 
-from wafl.chain.deploy import Deployment
+from wafl.chain.artifact import Deployment
 from wafl.chain.tx import ErrorDecoder, send
-from wafl.config import ModelConfig
-from wafl.fixedpoint import Weights
-from wafl.packing import unpack
-from wafl.zk import Groth16Proof
+from wafl.core.config import ModelConfig
+from wafl.core.fixedpoint import Weights
+from wafl.core.packing import unpack
+from wafl.zk.prover import Groth16Proof
 
 
 @dataclass(frozen=True)

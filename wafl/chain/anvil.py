@@ -10,7 +10,7 @@ from typing import Self
 
 from web3 import HTTPProvider, Web3
 
-from wafl.paths import anvil_binary
+from wafl.core.paths import anvil_binary
 
 
 def free_port() -> int:

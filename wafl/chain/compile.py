@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from wafl.paths import BUILD_DIR, CONTRACT_DIR, NODE, NODE_MODULES
+from wafl.core.paths import BUILD_DIR, CONTRACT_DIR, NODE, NODE_MODULES
 
 
 class ContractBuildError(RuntimeError):

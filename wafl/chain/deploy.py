@@ -7,24 +7,19 @@ holds (their hash, their kind, the ceremony transcript's hash).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from wafl.build import build_circuit, development_keys
+from wafl.chain.artifact import Deployment
 from wafl.chain.compile import compile_contracts
 from wafl.chain.tx import ErrorDecoder, send
-from wafl.config import ModelConfig, parse_config
-from wafl.fixedpoint import Weights
-from wafl.keys import KeySet, vk_words
-from wafl.packing import pack
-
-ARTIFACT_VERSION = 2
+from wafl.core.config import ModelConfig
+from wafl.core.fixedpoint import Weights
+from wafl.core.packing import pack
+from wafl.zk.build import build_circuit, development_keys
+from wafl.zk.keys import KeySet, vk_words
 
 # Chains whose ids only local development nodes use (anvil and Hardhat 31337, Ganache 1337):
 # the only ones development keys may be deployed on without --allow-development-keys.
@@ -33,41 +28,6 @@ LOCAL_CHAIN_IDS = frozenset({31337, 1337})
 
 class DeploymentError(ValueError):
     """A deployment that must not be made, with the reason in the message."""
-
-
-@dataclass(frozen=True)
-class Deployment:
-    chain_id: int
-    address: str
-    verifier_address: str
-    start_block: int
-    abi: list[dict[str, Any]]
-    verifier_abi: list[dict[str, Any]]
-    config: dict[str, Any]
-    quorum: int
-    round_duration: int
-    vk_hash: str
-    keys_kind: str
-    circuit_sha256: str
-    transcript_sha256: str | None
-
-    @property
-    def model_config(self) -> ModelConfig:
-        return parse_config(self.config, source="deployment artifact")
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"version": ARTIFACT_VERSION, **asdict(self)}, indent=1))
-
-    @classmethod
-    def load(cls, path: Path) -> Deployment:
-        try:
-            raw = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"deployment artifact {path} does not exist: run `wafl deploy`") from None
-        if raw.pop("version", None) != ARTIFACT_VERSION:
-            raise ValueError(f"deployment artifact {path} has an unknown version")
-        return cls(**raw)
 
 
 def deploy(

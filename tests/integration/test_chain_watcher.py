@@ -1,0 +1,195 @@
+"""Chain watcher against a real anvil chain, RabbitMQ and Redis: only confirmed events are
+published, each exactly once across restarts; a reorg inside the confirmation depth never
+reaches the queues; a passed deadline is announced once per round."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from services.chain_watcher.follower import ChainFollower, Cursor
+from services.chain_watcher.handlers import Watcher, WatcherState
+from services.chain_watcher.settings import ChainWatcherSettings
+from tests.conftest import new_account
+from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, body, drain
+from wafl.bus.chainstate import read_state
+from wafl.bus.service import declare_topology, make_runtime
+from wafl.bus.topology import Topology
+from wafl.chain.aggregator import AggregatorClient
+from wafl.chain.anvil import Anvil
+from wafl.chain.artifact import Deployment
+from wafl.chain.deploy import deploy
+from wafl.core.config import load_config
+
+CONFIRMATIONS = 3
+ROUND_SECONDS = 60
+TOPICS = ("round.opened", "round.finalized", "round.deadline")
+
+
+@pytest.fixture()
+def chain() -> Iterator[tuple[Web3, Deployment, LocalAccount]]:
+    # A chain of its own: the tests travel in time and revert snapshots.
+    with Anvil() as anvil:
+        w3 = anvil.web3()
+        admin = new_account(w3)
+        deployment = deploy(w3, admin, load_config("ref-9x6-b10"), quorum=2, round_duration=ROUND_SECONDS,
+                            participants=[new_account(w3), new_account(w3)])
+        # Round 1 opened with the last attestation: let it be as deep as before attestations.
+        mine(w3, CONFIRMATIONS)
+        yield w3, deployment, admin
+
+
+def mine(w3: Web3, blocks: int = 1) -> None:
+    for _ in range(blocks):
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
+def finalize_after_deadline(w3: Web3, deployment: Deployment, account: LocalAccount) -> None:
+    """No updates: the deadline passes and anyone finalises (RoundFinalized + RoundOpened)."""
+    w3.provider.make_request("evm_increaseTime", [ROUND_SECONDS + 1])  # type: ignore[arg-type]
+    mine(w3)
+    AggregatorClient(w3, deployment).finalize_round(account)
+
+
+class FailingPublisher:
+    async def publish(self, *args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker gone")
+
+
+@asynccontextmanager
+async def watcher(org: str, w3: Web3, deployment: Deployment) -> AsyncIterator[Watcher]:
+    """A chain watcher as its process runs it; leaving the block is a crash (no clean-up)."""
+    settings = ChainWatcherSettings(org=org, amqp_url=AMQP_URL, redis_url=REDIS_URL, confirmations=CONFIRMATIONS)
+    runtime = make_runtime(settings, "chain_watcher")
+    follower = ChainFollower(w3, deployment, org, CONFIRMATIONS)
+    watch = Watcher(runtime, WatcherState(follower))
+    async with runtime.broker:
+        await runtime.broker.start()
+        await declare_topology(runtime.broker, runtime.topology)
+        yield watch
+    await runtime.redis.aclose()
+
+
+async def received(org: str, expect: int, timeout: float = 5.0) -> list[tuple[str, dict[str, Any]]]:
+    """What the metrics service's queues hold, as (topic, body), in publishing order per topic."""
+    topology = Topology(org)
+    got: list[tuple[str, dict[str, Any]]] = []
+    async with amqp() as channel:
+        for topic in TOPICS:
+            queue = await channel.declare_queue(topology.service_queue("metrics", topic).name, passive=True)
+            got += [(topic, body(m)) for m in await drain(queue, 0, timeout=timeout / len(TOPICS), settle=0.3)]
+    assert len(got) == expect, got
+    return got
+
+
+def test_follower_publishes_only_confirmed_events_in_chain_order(
+    chain: tuple[Web3, Deployment, LocalAccount],
+) -> None:
+    w3, deployment, admin = chain
+    follower = ChainFollower(w3, deployment, "org-a", CONFIRMATIONS)
+    cursor = Cursor(scanned_to=deployment.start_block - 1)
+    finalize_after_deadline(w3, deployment, admin)
+    head = follower.head()
+    events, safe = follower.confirmed_events(cursor, head)
+    assert safe == head.number - CONFIRMATIONS
+    # Round 1 was opened at the attestations (confirmed by now); its finalisation is too recent.
+    assert [(e.routing_key, e.round) for e in events] == [("round.opened", 1)]  # type: ignore[attr-defined]
+    follower.remember(cursor, safe)
+
+    mine(w3, CONFIRMATIONS)
+    events, safe = follower.confirmed_events(cursor, follower.head())
+    assert [(e.routing_key, e.round) for e in events] == [  # type: ignore[attr-defined]
+        ("round.finalized", 1), ("round.opened", 2)]
+    finalized, opened = events
+    assert finalized.global_words == opened.global_words == AggregatorClient(w3, deployment).global_words()  # type: ignore[attr-defined]
+    # Ids are the log's position: a second scan of the same blocks yields the same ids.
+    again, _ = follower.confirmed_events(Cursor(scanned_to=cursor.scanned_to), follower.head())
+    assert [e.message_id for e in again] == [e.message_id for e in events]
+    assert finalized.message_id == f"{finalized.tx_hash}:{finalized.log_index}"
+
+
+def test_restarts_miss_nothing_and_repeat_nothing(chain: tuple[Web3, Deployment, LocalAccount], org: str) -> None:
+    w3, deployment, admin = chain
+
+    async def scenario() -> None:
+        async with watcher(org, w3, deployment) as first:
+            mine(w3, CONFIRMATIONS)
+            assert await first.poll_once() == 1  # round 1 opened
+            state = await read_state(first.runtime.redis, org)
+            assert state is not None and state.round == 1
+        # Crashed; the chain moves on while no watcher runs.
+        finalize_after_deadline(w3, deployment, admin)
+        finalize_after_deadline(w3, deployment, admin)
+        mine(w3, CONFIRMATIONS)
+        async with watcher(org, w3, deployment) as second:
+            # Dies after publishing "finalized 1", before "opened 2": mid-batch, cursor not advanced.
+            second.publishers["round.opened"] = FailingPublisher()  # type: ignore[assignment]
+            with pytest.raises(ConnectionError):
+                await second.poll_once()
+        async with watcher(org, w3, deployment) as third:
+            assert await third.poll_once() == 3  # opened 2, finalized 2, opened 3
+            assert await third.poll_once() == 0
+        async with watcher(org, w3, deployment) as fourth:
+            assert await fourth.poll_once() == 0
+        got = await received(org, expect=5)
+        rounds = [(topic, message["round"]) for topic, message in got]
+        assert sorted(rounds) == sorted([("round.opened", 1), ("round.opened", 2), ("round.opened", 3),
+                                         ("round.finalized", 1), ("round.finalized", 2)])
+        assert len({message["message_id"] for _, message in got}) == 5
+
+    asyncio.run(scenario())
+
+
+def test_reorg_within_the_confirmation_depth_is_never_published(
+    chain: tuple[Web3, Deployment, LocalAccount], org: str,
+) -> None:
+    w3, deployment, admin = chain
+
+    async def scenario() -> None:
+        async with watcher(org, w3, deployment) as watch:
+            mine(w3, CONFIRMATIONS)
+            assert await watch.poll_once() == 1
+            snapshot = w3.provider.make_request("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+            finalize_after_deadline(w3, deployment, admin)  # on the branch that will be dropped
+            mine(w3, CONFIRMATIONS - 2)
+            assert await watch.poll_once() == 0  # not confirmed yet
+            orphaned = AggregatorClient(w3, deployment).current_round().round
+            assert orphaned == 2
+            assert w3.provider.make_request("evm_revert", [snapshot])["result"] is True  # type: ignore[arg-type]
+            mine(w3, CONFIRMATIONS + 2)  # the new branch: longer, without the finalisation
+            assert AggregatorClient(w3, deployment).current_round().round == 1
+            assert await watch.poll_once() == 0
+        got = await received(org, expect=1)
+        assert [(topic, message["round"]) for topic, message in got] == [("round.opened", 1)]
+
+    asyncio.run(scenario())
+
+
+def test_a_passed_deadline_is_announced_once_per_round(
+    chain: tuple[Web3, Deployment, LocalAccount], org: str,
+) -> None:
+    w3, deployment, _ = chain
+
+    async def scenario() -> None:
+        async with watcher(org, w3, deployment) as watch:
+            mine(w3, CONFIRMATIONS)
+            await watch.poll_once()
+            w3.provider.make_request("evm_increaseTime", [ROUND_SECONDS + 1])  # type: ignore[arg-type]
+            mine(w3)
+            await watch.poll_once()
+        async with watcher(org, w3, deployment) as restarted:
+            mine(w3)
+            await restarted.poll_once()
+        got = await received(org, expect=2)
+        deadlines = [message for topic, message in got if topic == "round.deadline"]
+        assert len(deadlines) == 1
+        assert deadlines[0]["round"] == 1
+        assert deadlines[0]["deadline"] == AggregatorClient(w3, deployment).current_round().deadline
+
+    asyncio.run(scenario())

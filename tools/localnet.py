@@ -1,0 +1,256 @@
+"""A whole federation on this machine, every service a separate OS process (`wafl run ...`),
+against real RabbitMQ and Redis servers and an anvil chain. Used by the federation and fault
+tests and by `wafl bench pipeline`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aio_pika
+import redis
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from services import SERVICE_NAMES
+from wafl.bus.messages import PUBLIC_MESSAGES
+from wafl.bus.topology import Topology
+from wafl.chain.aggregator import AggregatorClient
+from wafl.chain.anvil import Anvil, free_port, fund
+from wafl.chain.artifact import Deployment
+from wafl.chain.deploy import deploy
+from wafl.core.config import ModelConfig
+from wafl.zk.keys import KeySet
+
+
+def rabbitmqctl(*args: str) -> str:
+    proc = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def create_vhost(name: str, user: str = "guest") -> str:
+    """A RabbitMQ virtual host for one federation; returns its AMQP URL."""
+    rabbitmqctl("add_vhost", name)
+    rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
+    return f"amqp://guest:guest@127.0.0.1:5672/{name}"
+
+
+def close_vhost_connections(vhost: str, reason: str = "closed by WaFL fault test") -> int:
+    """Drop every client connection of one virtual host (the broker stays up)."""
+    closed = 0
+    for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[1] == vhost:
+            rabbitmqctl("close_connection", parts[0], reason)
+            closed += 1
+    return closed
+
+
+@dataclass
+class ServiceProcess:
+    org: str
+    service: str
+    replica: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+    expected_exit: bool = False  # a test stopped it on purpose: not a crash
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Org:
+    name: str
+    index: int
+    account: LocalAccount
+    key_file: Path
+    redis_db: int
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    def env(
+        self, base: dict[str, str], amqp_url: str, deployment_path: Path, rpc_url: str, count: int, dataset: str
+    ) -> dict[str, str]:
+        return {
+            **base,
+            "WAFL_ORG": self.name,
+            "WAFL_AMQP_URL": amqp_url,
+            "WAFL_REDIS_URL": f"redis://127.0.0.1:6379/{self.redis_db}",
+            "WAFL_RPC_URL": rpc_url,
+            "WAFL_DEPLOYMENT": str(deployment_path),
+            "WAFL_PARTICIPANT": self.account.address,
+            "WAFL_KEY_FILE": str(self.key_file),
+            "WAFL_DATASET": dataset,
+            "WAFL_ORG_INDEX": str(self.index),
+            "WAFL_ORG_COUNT": str(count),
+            "WAFL_LOG_LEVEL": "info",
+        }
+
+    def metrics_port(self, service: str) -> int:
+        return next(p.metrics_port for p in self.processes if p.service == service)
+
+
+@dataclass
+class Federation:
+    cfg: ModelConfig
+    workdir: Path
+    anvil: Anvil
+    w3: Web3
+    admin: LocalAccount
+    deployment: Deployment
+    deployment_path: Path
+    orgs: list[Org]
+    vhost: str
+    amqp_url: str
+    keys: KeySet | None = None
+
+    @property
+    def aggregator(self) -> AggregatorClient:
+        return AggregatorClient(self.w3, self.deployment)
+
+    def start(
+        self, org: Org, service: str, replica: int = 0, extra_env: dict[str, str] | None = None
+    ) -> ServiceProcess:
+        port = free_port()
+        env = org.env(dict(os.environ), self.amqp_url, self.deployment_path, self.anvil.url, len(self.orgs),
+                      self.cfg.dataset or "")
+        env["WAFL_METRICS_PORT"] = str(port)
+        if self.keys is not None:
+            env["WAFL_KEYS"] = str(self.keys.directory)
+        env.update(extra_env or {})
+        log_path = self.workdir / f"{org.name}-{service}-{replica}.log"
+        handle = log_path.open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "run", service], env=env, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        process = ServiceProcess(org.name, service, replica, proc, log_path, port)
+        org.processes.append(process)
+        return process
+
+    def start_all(self, prover_replicas: dict[str, int] | None = None) -> None:
+        for org in self.orgs:
+            for service in SERVICE_NAMES:
+                replicas = (prover_replicas or {}).get(org.name, 1) if service == "prover" else 1
+                for replica in range(replicas):
+                    self.start(org, service, replica)
+
+    def wait_for_round(self, round_id: int, timeout: float) -> None:
+        """Until the contract is past ``round_id`` (it was finalised)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.aggregator.current_round().round > round_id:
+                return
+            self.assert_alive()
+            time.sleep(0.5)
+        raise TimeoutError(f"round {round_id} not finalised within {timeout}s; logs:\n{self.log_tails()}")
+
+    def assert_alive(self) -> None:
+        dead = [p for org in self.orgs for p in org.processes if p.proc.poll() is not None and p.proc.returncode != 0
+                and not p.expected_exit]
+        if dead:
+            raise AssertionError("service exited: " + ", ".join(
+                f"{p.org}/{p.service}#{p.replica} ({p.proc.returncode}):\n{p.log()[-3000:]}" for p in dead))
+
+    def log_tails(self, chars: int = 1500) -> str:
+        return "\n".join(f"--- {p.org}/{p.service}#{p.replica}\n{p.log()[-chars:]}"
+                         for org in self.orgs for p in org.processes)
+
+    def stop(self, process: ServiceProcess, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        process.proc.send_signal(sig)
+        try:
+            return process.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.proc.pid, signal.SIGKILL)
+            return process.proc.wait()
+
+    def stop_all(self) -> None:
+        for org in self.orgs:
+            for p in org.processes:
+                if p.proc.poll() is None:
+                    p.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for org in self.orgs:
+            for p in org.processes:
+                try:
+                    p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.proc.pid, signal.SIGKILL)
+                    p.proc.wait()
+
+
+@contextmanager
+def federation(cfg: ModelConfig, workdir: Path, org_count: int = 3, round_duration: int = 3600,
+               quorum: int | None = None, anvil_args: list[str] | None = None, keys: KeySet | None = None,
+               attest: bool = True) -> Iterator[Federation]:
+    """Chain, deployment and keys for ``org_count`` organisations (services are started by the caller).
+
+    `keys`: the key set to deploy and prove with (default: this machine's development keys).
+    `attest`: the organisations attest the keys at deployment; else the caller has them attest
+    (`wafl attest`), and round 1 opens with the last attestation.
+    """
+    tag = uuid.uuid4().hex[:6]
+    # Interval mining: confirmations need blocks even when nobody sends a transaction.
+    with Anvil(block_time=1, extra_args=anvil_args) as anvil:
+        w3 = anvil.web3()
+        admin: LocalAccount = Account.create()
+        fund(w3, admin.address)
+        orgs = []
+        for index in range(org_count):
+            account: LocalAccount = Account.create()
+            fund(w3, account.address)
+            key_file = workdir / f"org{index}.key"
+            key_file.write_text(account.key.hex())
+            key_file.chmod(0o600)
+            orgs.append(Org(f"f{tag}o{index}", index, account, key_file, redis_db=1 + index))
+        participants: list[str | LocalAccount] = [o.account if attest else o.account.address for o in orgs]
+        deployment = deploy(w3, admin, cfg, quorum=quorum or org_count, round_duration=round_duration,
+                            participants=participants, keys=keys)
+        deployment_path = workdir / "deployment.json"
+        deployment.save(deployment_path)
+        vhost = f"wafl-{tag}"
+        amqp_url = create_vhost(vhost)
+        fed = Federation(cfg, workdir, anvil, w3, admin, deployment, deployment_path, orgs, vhost, amqp_url, keys)
+        try:
+            yield fed
+        finally:
+            fed.stop_all()
+            rabbitmqctl("delete_vhost", vhost)
+            _cleanup(orgs)
+
+
+def _cleanup(orgs: list[Org]) -> None:
+    for org in orgs:
+        client = redis.Redis(host="127.0.0.1", port=6379, db=org.redis_db)
+        keys = list(client.scan_iter(match=f"wafl:{org.name}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+async def delete_org_topology(amqp_url: str, org: str) -> None:
+    """Delete an organisation's exchanges and queues (deleting a missing one is not an error)."""
+    topology = Topology(org)
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        queues = [topology.prover_jobs.name, topology.dead_letters.name]
+        queues += [topology.service_queue(s, m.routing_key).name for s in SERVICE_NAMES for m in PUBLIC_MESSAGES]
+        for name in queues:
+            await channel.queue_delete(name)
+        for name in (topology.events.name, topology.dead_letter_exchange.name):
+            await channel.exchange_delete(name)
+    finally:
+        await connection.close()

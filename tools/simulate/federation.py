@@ -1,0 +1,358 @@
+"""`wafl simulate`: a whole federation on one machine, on embedded defaults.
+
+Every honest organisation runs the real handlers of its five services (trainer, prover,
+submitter, chain_watcher, metrics) on one broker per organisation and one Redis. By default the
+broker is in-process (FastStream's test broker routes each publish straight to the subscribers
+of that organisation's queues) and Redis is an in-process stand-in (fakeredis, with Lua for the
+submitter's nonce lock); ``amqp_url`` / ``redis_url`` put the same code on real servers. The
+chain is an anvil from the pinned npm package unless ``rpc_url`` names a development node that
+accepts anvil's funding cheat code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AsyncExitStack, ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+import structlog
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from faststream.rabbit import RabbitBroker, RabbitQueue
+from faststream.rabbit.annotations import RabbitMessage
+from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
+from web3 import HTTPProvider, Web3
+
+from services.chain_watcher.follower import ChainFollower
+from services.chain_watcher.handlers import Watcher, WatcherState
+from services.metrics.book import MetricsBook
+from services.metrics.handlers import MetricsState
+from services.metrics.handlers import register as register_metrics
+from services.prover.handlers import ProverState
+from services.prover.handlers import register as register_prover
+from services.prover.proving import JobProver
+from services.submitter.core import Submitter
+from services.submitter.handlers import SubmitterState
+from services.submitter.handlers import register as register_submitter
+from services.trainer.handlers import TrainerState
+from services.trainer.handlers import register as register_trainer
+from services.trainer.rounds import RoundTrainer
+from tools.localnet import delete_org_topology
+from tools.simulate.attack import Attack, MaliciousParticipant, Rejection, made_up_update
+from wafl.bus.messages import PUBLIC_MESSAGES, Message, ProofGenerated
+from wafl.bus.service import Runtime, declare_topology, make_broker
+from wafl.bus.settings import DEFAULT_AMQP_URL, ServiceSettings
+from wafl.bus.topology import DEAD_LETTER_REASON, DEAD_LETTER_SERVICE, Topology
+from wafl.chain.aggregator import AggregatorClient
+from wafl.chain.anvil import Anvil, fund
+from wafl.chain.artifact import Deployment
+from wafl.chain.deploy import deploy
+from wafl.core.config import ModelConfig
+from wafl.core.fixedpoint import Weights, fedavg
+from wafl.core.packing import pack, unpack
+from wafl.data.datasets import evaluate
+from wafl.data.fedsplit import FederationData
+from wafl.zk.build import build_circuit
+from wafl.zk.prover import Prover
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Servers:
+    amqp_url: str | None = None
+    redis_url: str | None = None
+    rpc_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    cfg: ModelConfig
+    data: FederationData
+    rounds: int
+    malicious: int = 0
+    attack: Attack = "scaled"
+    seed: int = 0
+    round_timeout: float = 300.0
+    servers: Servers = Servers()
+
+    @property
+    def orgs(self) -> int:
+        return len(self.data.orgs)
+
+    @property
+    def honest(self) -> int:
+        return self.orgs - self.malicious
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    accuracy: float
+    loss: float
+    accepted: int
+    rejected: int
+    median_proof_seconds: float | None
+    gas_per_update: float | None
+    round_seconds: float
+    plain_fedavg_accuracy: float | None = None
+    matches_reference: bool = True
+
+
+@dataclass
+class Progress:
+    """What the display shows; called from the event loop."""
+
+    on_event: Callable[[str, Message], None] = lambda org, event: None
+    on_round: Callable[[RoundRecord], None] = lambda record: None
+    on_start: Callable[[str], None] = lambda text: None
+
+
+@dataclass
+class Observed:
+    proof_seconds: dict[int, list[float]] = field(default_factory=dict)
+
+
+class HonestOrg:
+    """One organisation's five services on one broker and one Redis."""
+
+    def __init__(self, name: str, index: int, account: LocalAccount, plan: Plan, deployment: Deployment,
+                 w3: Web3, worker: Prover, redis: aioredis.Redis, amqp_url: str,
+                 observer: tuple[str, Callable[[str, Message], None]] | None = None) -> None:
+        self.name = name
+        self.account = account
+        cfg = plan.cfg
+        self.settings = ServiceSettings(org=name, amqp_url=SecretStr(amqp_url))
+        self.broker = make_broker(self.settings, "simulate")
+        self.topology = Topology(name)
+        # First, so that the in-process broker shows an event before the work it sets off.
+        if observer is not None:
+            self.observe(*observer)
+
+        def runtime(service: str) -> Runtime:
+            return Runtime(service, self.settings, self.topology, self.broker, redis)
+
+        data = plan.data.orgs[index]
+        register_trainer(runtime("trainer"), TrainerState(RoundTrainer(cfg, data, name, account.address)))
+        register_prover(runtime("prover"), ProverState(JobProver(cfg, worker, name)))
+        submitter_runtime = runtime("submitter")
+        submitter = Submitter(AggregatorClient(w3, deployment), account, redis, submitter_runtime.key(), name)
+        register_submitter(submitter_runtime, SubmitterState(submitter))
+        self.book = MetricsBook(CollectorRegistry(), cfg, data)
+        register_metrics(runtime("metrics"), MetricsState(self.book))
+        # Confirmations 0: anvil here mines each transaction at once and never reorganises.
+        self.watcher = Watcher(runtime("chain_watcher"), WatcherState(ChainFollower(w3, deployment, name, 0), 0.2))
+
+    def observe(self, tag: str, sink: Callable[[str, Message], None]) -> None:
+        """One extra, temporary subscriber per public topic, for the progress display."""
+        for model in PUBLIC_MESSAGES:
+            queue = RabbitQueue(f"wafl.{self.name}.simulate-{tag}.{model.routing_key}", auto_delete=True,
+                                routing_key=model.routing_key)
+            self.broker.subscriber(queue, self.topology.events, title=f"simulate: {model.routing_key}")(
+                self._handler(model, sink))
+        dead = RabbitQueue(f"wafl.{self.name}.simulate-{tag}.dead-letters", auto_delete=True)
+
+        # Raw messages: an observer never rejects (or dead-letters) what it is shown.
+        async def on_dead_letter(message: RabbitMessage) -> None:
+            reason = str(message.headers.get(DEAD_LETTER_REASON, "?"))
+            service = str(message.headers.get(DEAD_LETTER_SERVICE, "?"))
+            log.warning("dead_lettered", org=self.name, service=service, reason=reason)
+
+        self.broker.subscriber(dead, self.topology.dead_letter_exchange, title="simulate: dead letters")(on_dead_letter)
+
+    def _handler(self, model: type[Message], sink: Callable[[str, Message], None]) -> Callable[..., Any]:
+        org = self.name
+
+        async def handle(message: RabbitMessage) -> None:
+            try:
+                event = model.model_validate_json(message.body)
+            except ValueError:
+                return  # the consuming service dead-letters it
+            sink(org, event)
+
+        return handle
+
+
+class Simulation:
+    def __init__(self, plan: Plan, progress: Progress | None = None) -> None:
+        self.plan = plan
+        self.progress = progress or Progress()
+        self.observed = Observed()
+        self.records: list[RoundRecord] = []
+        self.rejections: list[Rejection] = []
+        self.tag = uuid.uuid4().hex[:6]
+
+    # ---- set-up -------------------------------------------------------------------------------
+    def _chain(self, stack: ExitStack) -> Web3:
+        if self.plan.servers.rpc_url:
+            return Web3(HTTPProvider(self.plan.servers.rpc_url, request_kwargs={"timeout": 60}))
+        anvil = stack.enter_context(Anvil())
+        self.progress.on_start(f"anvil at {anvil.url} (pinned npm package)")
+        return anvil.web3()
+
+    def _org_name(self, index: int) -> str:
+        # On shared servers, a run's names are unique so that runs never meet.
+        real = self.plan.servers.amqp_url or self.plan.servers.redis_url
+        return f"org{index + 1}-{self.tag}" if real else f"org{index + 1}"
+
+    async def run(self) -> list[RoundRecord]:
+        plan, cfg = self.plan, self.plan.cfg
+        self.progress.on_start(f"building the {cfg.name} circuit (cached after the first run)")
+        build = await asyncio.to_thread(build_circuit, cfg)
+        with ExitStack() as stack:
+            w3 = self._chain(stack)
+            admin: LocalAccount = Account.create()
+            members: list[LocalAccount] = [Account.create() for _ in range(plan.orgs)]
+            for account in (admin, *members):
+                fund(w3, account.address)
+            # Quorum: the honest organisations. A rejected update never counts towards it.
+            deployment = deploy(w3, admin, cfg, quorum=plan.honest, round_duration=3600,
+                                participants=members)
+            aggregator = AggregatorClient(w3, deployment)
+            self.progress.on_start(f"aggregator {deployment.address}: {plan.orgs} organisations "
+                                   f"({plan.malicious} malicious), quorum {plan.honest}, "
+                                   f"{deployment.keys_kind.upper()} keys {deployment.vk_hash[:18]}")
+            workers = [stack.enter_context(Prover(build)) for _ in range(plan.honest)]
+            redis = self._redis()
+            amqp_url = plan.servers.amqp_url or DEFAULT_AMQP_URL
+            honest = [HonestOrg(self._org_name(i), i, members[i], plan, deployment, w3, workers[i], redis, amqp_url,
+                                (self.tag, self._on_event))
+                      for i in range(plan.honest)]
+            attackers = [MaliciousParticipant(cfg, aggregator, members[i], plan.attack, plan.seed + i)
+                         for i in range(plan.honest, plan.orgs)]
+            try:
+                async with AsyncExitStack() as brokers:
+                    for org in honest:
+                        await brokers.enter_async_context(self._connected(org.broker))
+                        if plan.servers.amqp_url:
+                            await declare_topology(org.broker, org.topology)
+                    for org in honest:
+                        org.watcher.start()
+                        brokers.push_async_callback(org.watcher.stop)
+                    await self._rounds(aggregator, honest, attackers)
+            finally:
+                await self._cleanup(honest, redis)
+        return self.records
+
+    def _redis(self) -> aioredis.Redis:
+        if self.plan.servers.redis_url:
+            return aioredis.Redis.from_url(self.plan.servers.redis_url, decode_responses=True)
+        import fakeredis
+
+        return fakeredis.FakeAsyncRedis(decode_responses=True)
+
+    def _connected(self, broker: RabbitBroker) -> Any:
+        if self.plan.servers.amqp_url:
+            return _started(broker)
+        from faststream.rabbit import TestRabbitBroker
+
+        return TestRabbitBroker(broker)
+
+    async def _cleanup(self, honest: list[HonestOrg], redis: aioredis.Redis) -> None:
+        if self.plan.servers.amqp_url:
+            for org in honest:
+                await delete_org_topology(self.plan.servers.amqp_url, org.name)
+        if self.plan.servers.redis_url:
+            for org in honest:
+                keys = [k async for k in redis.scan_iter(match=f"wafl:{org.name}:*")]
+                if keys:
+                    await redis.delete(*keys)
+        await redis.aclose()
+
+    # ---- rounds -------------------------------------------------------------------------------
+    def _on_event(self, org: str, event: Message) -> None:
+        if isinstance(event, ProofGenerated):
+            seconds = event.proof_seconds + event.witness_seconds
+            self.observed.proof_seconds.setdefault(event.round, []).append(seconds)
+        self.progress.on_event(org, event)
+
+    async def _rounds(self, aggregator: AggregatorClient, honest: list[HonestOrg],
+                      attackers: list[MaliciousParticipant]) -> None:
+        plan, cfg = self.plan, self.plan.cfg
+        reference = aggregator.global_model()  # the honest-only FedAvg, recomputed off chain
+        plain = reference  # a FedAvg that trusts its clients, poisoned updates included
+        trainers = [RoundTrainer(cfg, plan.data.orgs[i], "reference", m.account.address)
+                    for i, m in enumerate(honest)]
+        rng = np.random.default_rng(plan.seed)
+        for round_id in range(1, plan.rounds + 1):
+            started = time.monotonic()
+            honest_updates = [_update(cfg, t, round_id, pack(cfg, reference.flat())) for t in trainers]
+            rejected = 0
+            for attacker in attackers:
+                # Honest rounds leave the chain at the reference model: the attackers' starting point.
+                made_up = made_up_update(cfg, plan.attack, reference, honest_updates[0], rng)
+                rejection = await asyncio.to_thread(attacker.submit, round_id, made_up, pack(cfg, made_up.flat()))
+                if rejection is not None:
+                    rejected += 1
+                    self.rejections.append(rejection)
+            await self._wait_for_round(aggregator, round_id)
+            reference = fedavg(cfg, honest_updates)
+            if attackers:  # the trusting baseline only means something beside poisoned updates
+                plain_updates = [_update(cfg, t, round_id, pack(cfg, plain.flat())) for t in trainers]
+                poisoned = [made_up_update(cfg, plan.attack, plain, plain_updates[0], rng) for _ in attackers]
+                plain = fedavg(cfg, plain_updates + poisoned)
+            self.records.append(await self._record(aggregator, round_id, started, rejected, reference, plain))
+            self.progress.on_round(self.records[-1])
+
+    async def _wait_for_round(self, aggregator: AggregatorClient, round_id: int) -> None:
+        deadline = time.monotonic() + self.plan.round_timeout
+        while (await asyncio.to_thread(aggregator.current_round)).round <= round_id:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"round {round_id} was not finalised within {self.plan.round_timeout:.0f}s")
+            await asyncio.sleep(0.2)
+
+    async def _record(self, aggregator: AggregatorClient, round_id: int, started: float, rejected: int,
+                      reference: Weights, plain: Weights) -> RoundRecord:
+        cfg, data = self.plan.cfg, self.plan.data
+        model = await asyncio.to_thread(aggregator.global_model)
+        accuracy, loss = evaluate(cfg, np.asarray(model.w), np.asarray(model.b), data.x_test, data.y_test)
+        gas = await asyncio.to_thread(_gas_of_accepted, aggregator, round_id)
+        proofs = self.observed.proof_seconds.get(round_id, [])
+        plain_accuracy = None
+        if self.plan.malicious:
+            plain_accuracy = evaluate(cfg, np.asarray(plain.w), np.asarray(plain.b), data.x_test, data.y_test)[0]
+        return RoundRecord(
+            round=round_id,
+            accuracy=accuracy,
+            loss=loss,
+            accepted=len(gas),
+            rejected=rejected,
+            median_proof_seconds=statistics.median(proofs) if proofs else None,
+            gas_per_update=statistics.median(gas) if gas else None,
+            round_seconds=time.monotonic() - started,
+            plain_fedavg_accuracy=plain_accuracy,
+            matches_reference=model.flat() == reference.flat(),
+        )
+
+
+def _update(cfg: ModelConfig, trainer: RoundTrainer, round_id: int, words: list[int]) -> Weights:
+    job, _ = trainer.train(round_id, words)
+    return Weights.from_flat(cfg, unpack(cfg, job.update_words))
+
+
+def _gas_of_accepted(aggregator: AggregatorClient, round_id: int) -> list[int]:
+    logs = aggregator.contract.events.UpdateAccepted().get_logs(
+        from_block=aggregator.deployment.start_block, argument_filters={"round": round_id})  # indexed
+    return [int(aggregator.w3.eth.get_transaction_receipt(log["transactionHash"])["gasUsed"]) for log in logs]
+
+
+class _started:
+    """A broker connected to a real server for the length of a block."""
+
+    def __init__(self, broker: RabbitBroker) -> None:
+        self.broker = broker
+
+    async def __aenter__(self) -> RabbitBroker:
+        await self.broker.start()
+        return self.broker
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.broker.stop()
