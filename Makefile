@@ -49,12 +49,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check wafl services tools tests deploy
 	$(BIN)/mypy
 
-SERVICES := trainer prover submitter chain_watcher metrics
-
 # AsyncAPI documents of every service, rendered by FastStream (tests/test_asyncapi_docs.py checks them).
 docs: $(VENV)/.installed
 	mkdir -p docs/asyncapi
-	for s in $(SERVICES); do $(BIN)/faststream docs gen --factory services.$$s.app:create_app --yaml --out docs/asyncapi/$$s.yaml || exit 1; done
+	for s in $$($(BIN)/python -c 'from services import SERVICE_NAMES; print(*SERVICE_NAMES)'); do $(BIN)/faststream docs gen --factory services.$$s.app:create_app --yaml --out docs/asyncapi/$$s.yaml || exit 1; done
 
 simulate: setup
 	$(BIN)/wafl simulate

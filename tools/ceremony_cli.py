@@ -7,18 +7,17 @@
     wafl ceremony verify --dir DIR --config NAME|--r1cs FILE --ptau FILE [--mine HASH]
     wafl ceremony finalize --in DIR --out DIR --beacon HEX --config NAME|--r1cs FILE --ptau FILE
 
-Every failure is one line on stderr and exit status 2.
+Every failure is one line on stderr and exit status 2 (`tools.cli.run` reports them).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from wafl.core.config import ConfigError
+from tools.cli import Parser, run
 from wafl.zk.ceremony import (
     CeremonyError,
     Transcript,
@@ -35,7 +34,6 @@ from wafl.zk.ceremony import (
     public_ptau_power,
     required_power,
 )
-from wafl.zk.keys import KeySetError
 
 
 def _r1cs(args: argparse.Namespace) -> tuple[Path, str]:
@@ -67,6 +65,8 @@ def _phase1(args: argparse.Namespace) -> int:
         digest = check_public_ptau(Path(args.ptau), args.power)
         print(f"{args.ptau}: the published {public_ptau_name(args.power)} (blake2b {digest[:32]}…)")
         return 0
+    if args.out and Path(args.out).is_dir():
+        raise CeremonyError(f"--out {args.out} is a directory: name the file, e.g. {Path(args.out) / 'phase1.ptau'}")
     path = make_local_ptau(args.power, Path(args.out)) if args.out else local_phase1(args.power)
     print(path)
     print(
@@ -80,9 +80,9 @@ def _phase1(args: argparse.Namespace) -> int:
 
 def _init(args: argparse.Namespace) -> int:
     r1cs, label = _r1cs(args)
-    print(f"circuit needs phase 1 power {required_power(r1cs)}", file=sys.stderr)
     transcript = init(r1cs, Path(args.ptau), Path(args.out), label)
-    print(f"phase 2 of {label} started in {args.out} (circuit hash {transcript.circuit_hash[:32]}…)")
+    print(f"phase 2 of {label} started in {args.out} (circuit hash {transcript.circuit_hash[:32]}…; "
+          f"the circuit needs phase 1 power {required_power(r1cs)})")
     if public_ptau_power(transcript.ptau_blake2b) is None:
         print(
             "warning: the phase 1 file is not a published one: keys from it are for development only", file=sys.stderr
@@ -126,31 +126,14 @@ def _finalize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    def command(args: argparse.Namespace) -> int:
-        from wafl.zk.build import BuildError
-
-        try:
-            return run(args)
-        except (CeremonyError, ConfigError, KeySetError, BuildError, OSError) as exc:
-            message = str(exc)
-            if isinstance(exc, OSError) and exc.strerror:
-                message = f"{exc.filename}: {exc.strerror}"
-            line = re.sub(r"\s+", " ", message).strip()[:600]
-            print(f"wafl ceremony {args.ceremony}: {line}", file=sys.stderr)
-            return 2
-
-    return command
-
-
 def _circuit_args(p: argparse.ArgumentParser) -> None:
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--config", help="configuration name: its circuit build's circuit.r1cs")
+    which.add_argument("--config", help="configuration (a bundled name or a YAML file): its build's circuit.r1cs")
     which.add_argument("--r1cs", help="the constraint system (snarkjs r1cs) directly")
     p.add_argument("--ptau", required=True, help="the phase 1 file (prepared for phase 2)")
 
 
-def add_ceremony_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_ceremony_parser(subparsers: argparse._SubParsersAction[Parser]) -> None:
     """Add `ceremony` and its subcommands to a `wafl` parser's subcommands."""
     ceremony = subparsers.add_parser(
         "ceremony", help="the Groth16 setup ceremony: phase 1 and the organisations' phase 2 contributions"
@@ -161,25 +144,25 @@ def add_ceremony_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     p.add_argument("--power", type=int, required=True, help="2^power >= constraints + public inputs + 1")
     p.add_argument("--out", help="where to write a local phase 1 (default: cached under the build directory)")
     p.add_argument("--ptau", help="a downloaded powersOfTau28_hez_final_NN.ptau to check against its published hash")
-    p.set_defaults(func=_guarded(_phase1))
+    p.set_defaults(func=_phase1)
 
     p = sub.add_parser("init", help="start phase 2 for a circuit")
     _circuit_args(p)
     p.add_argument("--label", help="the configuration label recorded with --r1cs (default: the file name)")
     p.add_argument("--out", required=True, help="new directory for the initial key and transcript")
-    p.set_defaults(func=_guarded(_init))
+    p.set_defaults(func=_init)
 
     p = sub.add_parser("contribute", help="add this organisation's contribution")
     p.add_argument("--in", dest="input", required=True, help="the directory received from the previous step")
     p.add_argument("--out", required=True, help="new directory to send to the next organisation")
     p.add_argument("--name", required=True, help="this organisation's name, recorded in the key")
-    p.set_defaults(func=_guarded(_contribute))
+    p.set_defaults(func=_contribute)
 
     p = sub.add_parser("verify", help="verify a ceremony directory and list its contributions")
     p.add_argument("--dir", required=True, help="a ceremony directory (any step, or the final keys)")
     _circuit_args(p)
     p.add_argument("--mine", help="fail unless this contribution hash is included")
-    p.set_defaults(func=_guarded(_verify))
+    p.set_defaults(func=_verify)
 
     p = sub.add_parser("finalize", help="apply the public beacon, verify everything and write the key set")
     p.add_argument("--in", dest="input", required=True, help="the directory after the last contribution")
@@ -188,16 +171,14 @@ def add_ceremony_parser(subparsers: argparse._SubParsersAction[argparse.Argument
         "--beacon", required=True, help="public randomness fixed after the last contribution: hex, 32+ bytes"
     )
     _circuit_args(p)
-    p.set_defaults(func=_guarded(_finalize))
+    p.set_defaults(func=_finalize)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `wafl ceremony ...` on its own (python -m tools.ceremony_cli ceremony ...)."""
-    root = argparse.ArgumentParser(prog="wafl")
+    root = Parser(prog="wafl")
     add_ceremony_parser(root.add_subparsers(dest="command", required=True))
-    args = root.parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return run(root.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from web3 import Web3
 
 from services import SERVICE_NAMES
 from wafl.bus.messages import PUBLIC_MESSAGES
+from wafl.bus.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, with_path
 from wafl.bus.topology import Topology
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import Anvil, free_port, fund
@@ -43,7 +44,7 @@ def create_vhost(name: str, user: str = "guest") -> str:
     """A RabbitMQ virtual host for one federation; returns its AMQP URL."""
     rabbitmqctl("add_vhost", name)
     rabbitmqctl("set_permissions", "-p", name, user, ".*", ".*", ".*")
-    return f"amqp://guest:guest@127.0.0.1:5672/{name}"
+    return with_path(DEFAULT_AMQP_URL, name)
 
 
 def close_vhost_connections(vhost: str, reason: str = "closed by WaFL fault test") -> int:
@@ -80,6 +81,10 @@ class Org:
     redis_db: int
     processes: list[ServiceProcess] = field(default_factory=list)
 
+    @property
+    def redis_url(self) -> str:
+        return with_path(DEFAULT_REDIS_URL, self.redis_db)
+
     def env(
         self, base: dict[str, str], amqp_url: str, deployment_path: Path, rpc_url: str, count: int, dataset: str
     ) -> dict[str, str]:
@@ -87,7 +92,7 @@ class Org:
             **base,
             "WAFL_ORG": self.name,
             "WAFL_AMQP_URL": amqp_url,
-            "WAFL_REDIS_URL": f"redis://127.0.0.1:6379/{self.redis_db}",
+            "WAFL_REDIS_URL": self.redis_url,
             "WAFL_RPC_URL": rpc_url,
             "WAFL_DEPLOYMENT": str(deployment_path),
             "WAFL_PARTICIPANT": self.account.address,
@@ -233,7 +238,7 @@ def federation(cfg: ModelConfig, workdir: Path, org_count: int = 3, round_durati
 
 def _cleanup(orgs: list[Org]) -> None:
     for org in orgs:
-        client = redis.Redis(host="127.0.0.1", port=6379, db=org.redis_db)
+        client = redis.Redis.from_url(org.redis_url)
         keys = list(client.scan_iter(match=f"wafl:{org.name}:*"))
         if keys:
             client.delete(*keys)

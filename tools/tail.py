@@ -9,15 +9,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import re
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
+from aio_pika.abc import AbstractConnection
 
+from tools.cli import UsageError
 from wafl.bus.messages import BY_ROUTING_KEY
+from wafl.bus.secrets import register_url, safe_url
 from wafl.bus.topology import DEAD_LETTER_QUEUE, DEAD_LETTER_REASON, DEAD_LETTER_ROUTING_KEY, Topology
+
+# What the services accept as an organisation id (wafl.bus.settings.ServiceSettings.org).
+ORG_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
+
+def check_org(org: str | None) -> str:
+    if not org:
+        raise UsageError("which organisation? pass --org or set WAFL_ORG")
+    if not ORG_PATTERN.fullmatch(org):
+        raise UsageError(f"{org!r} is not an organisation id: lower-case letters, digits and '-', at most 64")
+    return org
+
+
+async def connect_broker(url: str, flag: str = "--amqp-url", timeout: float = 10.0) -> AbstractConnection:
+    """A connection to RabbitMQ at `url`, or UsageError naming it (without its password) and `flag`."""
+    register_url(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise UsageError(f"{flag} {safe_url(url)} is not an AMQP URL, e.g. amqp://guest:guest@127.0.0.1:5672/")
+    # aiormq logs a failed connection itself, a second report on stderr: the UsageError is the one.
+    quiet = logging.getLogger("aiormq.connection")
+    was_disabled, quiet.disabled = quiet.disabled, True
+    try:
+        return await asyncio.wait_for(aio_pika.connect(url), timeout)
+    except Exception as exc:  # refused, timed out, bad credentials, not RabbitMQ: check the URL, whichever
+        raise UsageError(f"cannot reach RabbitMQ at {safe_url(url)} ({type(exc).__name__}): check {flag}") from None
+    finally:
+        quiet.disabled = was_disabled
 
 
 def _short(address: str | None) -> str:
@@ -92,10 +126,14 @@ async def tail(
     echo: Callable[[str], None] = print,
     ready: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    url_from: str = "--amqp-url",
 ) -> int:
-    """Print events until interrupted (or until ``count`` events); returns how many were printed."""
+    """Print events until interrupted (or until ``count`` events); returns how many were printed.
+
+    ``url_from``: where ``amqp_url`` came from, for the message when it leads nowhere.
+    """
     topology = Topology(org)
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_broker(amqp_url, flag=url_from)
     printed = 0
     try:
         channel = await connection.channel()

@@ -2,12 +2,16 @@
 
 Each service image installs only what its service imports: the Dockerfiles call
 
-    python deploy/docker/requirements.py --without torch,scikit-learn > requirements.txt
+    python deploy/docker/requirements.py --only torch --without "$WITHOUT"   # torch, from its CPU index
+    python deploy/docker/requirements.py --without "$WITHOUT" > requirements.txt
 
-and then install the WaFL package itself with ``--no-deps``. Excluded names are compared after
-PEP 503 normalisation; an unknown name is an error, so a renamed dependency cannot silently slip
-back into an image. tests/test_deploy_images.py imports each service with its image's exclusions
-blocked, so a service that starts importing an excluded package fails the tests, not the image.
+(``WITHOUT`` is the image's list, e.g. ``torch,numpy,scikit-learn,rich``: a build argument of
+deploy/docker/service.Dockerfile, which docker-compose.yml sets per service) and then install the
+WaFL package itself with ``--no-deps``. ``--only`` prints nothing for a name ``--without`` leaves
+out. Names are compared after PEP 503 normalisation; an unknown name is an error, so a renamed
+dependency cannot silently slip back into an image. tests/unit/test_deploy_images.py imports each
+service with its image's exclusions blocked, so a service that starts importing an excluded package
+fails the tests, not the image.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import argparse
 import re
 import sys
 import tomllib
+from collections.abc import Set
 from pathlib import Path
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
@@ -32,9 +37,9 @@ def requirement_name(spec: str) -> str:
     return normalise(match.group(1))
 
 
-def requirements(without: set[str] = frozenset(), only: set[str] | None = None,
+def requirements(without: Set[str] = frozenset(), only: Set[str] | None = None,
                  pyproject: Path = PYPROJECT) -> list[str]:
-    """The dependency specifiers of ``pyproject``, less ``without`` (or just ``only``)."""
+    """The dependency specifiers of ``pyproject``, less ``without`` (and, given ``only``, just those)."""
     project = tomllib.loads(pyproject.read_text())["project"]
     specs: list[str] = list(project["dependencies"])
     names = {requirement_name(s) for s in specs}
@@ -42,17 +47,16 @@ def requirements(without: set[str] = frozenset(), only: set[str] | None = None,
     unknown = asked - names
     if unknown:
         raise SystemExit(f"not a dependency in {pyproject.name}: {', '.join(sorted(unknown))}")
-    if only is not None:
-        keep = {normalise(n) for n in only}
-        return [s for s in specs if requirement_name(s) in keep]
     excluded = {normalise(n) for n in without}
-    return [s for s in specs if requirement_name(s) not in excluded]
+    keep = names if only is None else {normalise(n) for n in only}
+    return [s for s in specs if requirement_name(s) in keep - excluded]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--without", default="", help="comma-separated distributions to leave out")
-    parser.add_argument("--only", help="comma-separated distributions to print alone (e.g. torch, for its own index)")
+    parser.add_argument("--only", help="comma-separated distributions to print alone, less --without "
+                        "(e.g. torch, for its own index)")
     parser.add_argument("--pyproject", type=Path, default=PYPROJECT)
     args = parser.parse_args(argv)
     without = {n.strip() for n in args.without.split(",") if n.strip()}

@@ -31,6 +31,8 @@ from pathlib import Path
 from grafana_foundation_sdk.builders import common as common_builder
 from grafana_foundation_sdk.builders import dashboard as dash
 from grafana_foundation_sdk.builders import prometheus, stat, timeseries
+from grafana_foundation_sdk.cog import variants
+from grafana_foundation_sdk.cog.builder import Builder
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import (
@@ -89,7 +91,7 @@ def _query(expr: str, legend: str, ref: str, *, instant: bool = False) -> promet
     return query.instant() if instant else query.range()
 
 
-def _targets(queries: Sequence[tuple[str, str]], *, instant: bool = False) -> list[prometheus.Dataquery]:
+def _targets(queries: Sequence[tuple[str, str]], *, instant: bool = False) -> list[Builder[variants.Dataquery]]:
     return [_query(expr, legend, chr(ord("A") + i), instant=instant) for i, (expr, legend) in enumerate(queries)]
 
 

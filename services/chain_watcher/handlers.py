@@ -29,12 +29,8 @@ class Watcher:
     def __init__(self, runtime: Runtime, state: WatcherState) -> None:
         self.runtime = runtime
         self.state = state
-        topology = runtime.topology
         self.publishers: dict[str, RabbitPublisher] = {
-            model.routing_key: runtime.broker.publisher(
-                exchange=topology.events, routing_key=model.routing_key, schema=model, persist=True,
-                title=model.routing_key,
-            )
+            model.routing_key: runtime.event_publisher(model)
             for model in (RoundOpened, UpdateAccepted, RoundFinalized, RoundDeadline)
         }
         self._task: asyncio.Task[None] | None = None

@@ -18,13 +18,11 @@ from wafl.bus.messages import (
     UpdateSubmitted,
     UpdateTrained,
 )
+from wafl.bus.observability import GAS_BUCKETS, SECONDS_BUCKETS
 from wafl.core.config import ModelConfig
 from wafl.core.fixedpoint import Weights
 from wafl.core.packing import unpack
 from wafl.data.datasets import OrgData, evaluate
-
-SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
-GAS = (50_000, 100_000, 200_000, 250_000, 300_000, 350_000, 400_000, 500_000, 750_000, 1_000_000, 2_000_000)
 
 
 class MetricsBook:
@@ -51,23 +49,19 @@ class MetricsBook:
         self.finalize_sent = Counter(
             "wafl_finalize_sent", "finalizeRound transactions this organisation sent.", registry=registry
         )
-        self.proof_seconds = Histogram(
-            "wafl_proof_duration_seconds", "Witness + proof time.", buckets=SECONDS, registry=registry
-        )
-        self.train_seconds = Histogram(
-            "wafl_train_duration_seconds", "Training time of a round's step.", buckets=SECONDS, registry=registry
-        )
-        self.queue_seconds = Histogram(
-            "wafl_proof_queue_seconds", "Time a prover job waited for a prover.", buckets=SECONDS, registry=registry
-        )
-        self.submit_seconds = Histogram(
-            "wafl_submit_duration_seconds", "Signing to receipt of a submission.", buckets=SECONDS, registry=registry
-        )
+        self.proof_seconds = Histogram("wafl_proof_duration_seconds", "Witness + proof time.",
+                                       buckets=SECONDS_BUCKETS, registry=registry)
+        self.train_seconds = Histogram("wafl_train_duration_seconds", "Training time of a round's step.",
+                                       buckets=SECONDS_BUCKETS, registry=registry)
+        self.queue_seconds = Histogram("wafl_proof_queue_seconds", "Time a prover job waited for a prover.",
+                                       buckets=SECONDS_BUCKETS, registry=registry)
+        self.submit_seconds = Histogram("wafl_submit_duration_seconds", "Signing to receipt of a submission.",
+                                        buckets=SECONDS_BUCKETS, registry=registry)
         self.gas = Histogram(
             "wafl_tx_gas_used",
             "Gas used by this organisation's transactions.",
             ("kind",),
-            buckets=GAS,
+            buckets=GAS_BUCKETS,
             registry=registry,
         )
         self.current_round = Gauge("wafl_current_round", "The round open on chain.", registry=registry)

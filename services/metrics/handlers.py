@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +29,7 @@ def register(runtime: Runtime, state: MetricsState) -> None:
 
 
 def _subscribe(runtime: Runtime, state: MetricsState, model: type[Message]) -> None:
-    topology = runtime.topology
-    queue = topology.service_queue(SERVICE, model.routing_key)
+    queue = runtime.topology.service_queue(SERVICE, model.routing_key)
 
     async def handle(event: Any) -> None:
         if state.book is None:
@@ -48,8 +46,5 @@ def _subscribe(runtime: Runtime, state: MetricsState, model: type[Message]) -> N
 
     handle.__annotations__["event"] = model
     handle.__name__ = f"on_{model.routing_key.replace('.', '_')}"
-    subscriber: Callable[[Callable[..., Awaitable[None]]], Any] = runtime.broker.subscriber(
-        queue, topology.events, title=f"{SERVICE}: {model.routing_key}"
-    )
-    subscriber(handle)
+    runtime.event_subscriber(model)(handle)
 

@@ -12,6 +12,7 @@ from wafl.bus.logs import configure_logging, get_logger
 from wafl.bus.observability import serve_metrics
 from wafl.bus.service import ServiceSpec, StartupError, announce_start, make_app, make_runtime, preflight
 from wafl.chain.artifact import Deployment
+from wafl.core.paths import ToolchainError
 from wafl.zk.build import BuildError, CircuitBuild, build_circuit, development_keys
 from wafl.zk.keys import KeySet, KeySetError, load_keys
 from wafl.zk.prover import Prover, ProverError
@@ -33,7 +34,7 @@ async def serve(settings: ProverSettings) -> None:
     cfg = deployment.model_config
     try:
         build = build_circuit(cfg)
-    except BuildError as exc:
+    except (BuildError, ToolchainError) as exc:
         raise StartupError(f"cannot build the circuit of {cfg.name}: {exc}") from None
     keys = keys_for(settings, deployment, build)
     try:

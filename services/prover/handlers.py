@@ -29,10 +29,7 @@ class ProverState:
 def register(runtime: Runtime, state: ProverState) -> None:
     topology = runtime.topology
     broker = runtime.broker
-    proofs_out = broker.publisher(
-        exchange=topology.events, routing_key=ProofGenerated.routing_key, schema=ProofGenerated, persist=True,
-        title=ProofGenerated.routing_key,
-    )
+    proofs_out = runtime.event_publisher(ProofGenerated)
 
     # prefetch 1: a replica holds one job at a time, the others stay on the queue for other replicas.
     @broker.subscriber(topology.prover_jobs, channel=Channel(prefetch_count=1), title="prover: jobs")

@@ -7,7 +7,7 @@ import asyncio
 from faststream import FastStream
 from web3 import Web3
 
-from services.submitter.core import Submitter, TxPolicy
+from services.submitter.decisions import Submitter
 from services.submitter.handlers import SERVICE, SubmitterState, register
 from services.submitter.keys import load_account
 from services.submitter.settings import SubmitterSettings
@@ -23,18 +23,6 @@ def create_app(settings: SubmitterSettings = EXAMPLE, state: SubmitterState | No
     runtime = make_runtime(settings, SERVICE)
     register(runtime, state or SubmitterState())
     return make_app(runtime)
-
-
-def policy_from(settings: SubmitterSettings) -> TxPolicy:
-    return TxPolicy(
-        receipt_timeout=settings.receipt_timeout,
-        resend_after=settings.resend_after,
-        fee_bump_percent=settings.fee_bump_percent,
-        max_fee_wei=int(settings.max_fee_gwei * 10**9),
-        gas_multiplier=settings.gas_multiplier,
-        lock_wait=settings.lock_wait,
-        confirmations=settings.confirmations,
-    )
 
 
 def check_participant(aggregator: AggregatorClient, address: str) -> int:
@@ -68,7 +56,7 @@ async def serve(settings: SubmitterSettings) -> None:
         log.warning("no_funds", address=account.address, detail="the signing address holds no ether for gas")
     runtime = make_runtime(settings, SERVICE)
     state = SubmitterState(Submitter(aggregator, account, runtime.redis, runtime.key(), settings.org,
-                                     policy_from(settings)))
+                                     settings.policy()))
     register(runtime, state)
     app = make_app(runtime)
     port = serve_metrics(settings.metrics_port)

@@ -2,20 +2,23 @@
 round.deadline -> finalizeRound -> round.finalize_sent.
 
 A redelivered or repeated message never sends a second transaction (the core answers from its
-Redis record), and its answer is published once: a marker per round holds what was published.
+Redis record), and its answer is published once (``run_once`` per round and answer): a duplicate
+handled at the same time waits for the first one's publication instead of racing it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 
-from services.submitter.core import RECORD_TTL_SECONDS, Submitter, UnknownRoundError, WrongParticipantError
+from services.submitter.decisions import Submitter, UnknownRoundError, WrongParticipantError
+from services.submitter.records import RECORD_TTL_SECONDS
 from wafl.bus.deadletter import RejectMessage
 from wafl.bus.messages import ProofGenerated, RoundDeadline, RoundFinalizeSent, UpdateFailed, UpdateSubmitted
 from wafl.bus.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
-from wafl.bus.service import Runtime
+from wafl.bus.service import Runtime, run_once
 
 SERVICE = "submitter"
 log = structlog.get_logger()
@@ -51,12 +54,13 @@ def register(runtime: Runtime, state: SubmitterState) -> None:
         persist=True, title=RoundFinalizeSent.routing_key,
     )
 
-    async def published_before(marker: str, identity: str) -> bool:
-        if await redis.get(marker) == identity:
+    async def publish_once(record_key: str, identity: str, publish: Callable[[], Awaitable[None]]) -> None:
+        key = f"{record_key}:published:{identity}"
+        if await run_once(redis, key, publish):
+            await redis.expire(key, RECORD_TTL_SECONDS)
+        else:
             log.info("answer_already_published", answer=identity)
             DUPLICATES_SKIPPED.labels(service=SERVICE, stage="publish").inc()
-            return True
-        return False
 
     @broker.subscriber(
         topology.service_queue(SERVICE, ProofGenerated.routing_key), topology.events,
@@ -70,16 +74,17 @@ def register(runtime: Runtime, state: SubmitterState) -> None:
             answer = await submitter.submit(event)
         except (UnknownRoundError, WrongParticipantError) as exc:
             raise RejectMessage(str(exc)) from None
-        marker = submitter.record_key("update", event.round) + ":published"
-        identity = answer.tx_hash if isinstance(answer, UpdateSubmitted) else f"failed:{answer.reason}"
-        if not await published_before(marker, identity):
+
+        async def publish() -> None:
             if isinstance(answer, UpdateSubmitted):
                 await submitted_out.publish(answer)
                 log.info("update_submitted", tx_hash=answer.tx_hash, gas_used=answer.gas_used,
                          block=answer.block_number, submit_seconds=round(answer.submit_seconds, 3))
             else:
                 await failed_out.publish(answer)
-            await redis.set(marker, identity, ex=RECORD_TTL_SECONDS)
+
+        identity = answer.tx_hash if isinstance(answer, UpdateSubmitted) else f"failed:{answer.reason}"
+        await publish_once(submitter.record_key("update", event.round), identity, publish)
         MESSAGES_HANDLED.labels(service=SERVICE, queue=ProofGenerated.routing_key).inc()
 
     @broker.subscriber(
@@ -94,9 +99,10 @@ def register(runtime: Runtime, state: SubmitterState) -> None:
         except UnknownRoundError as exc:
             raise RejectMessage(str(exc)) from None
         if sent is not None:
-            marker = submitter.record_key("finalize", event.round) + ":published"
-            if not await published_before(marker, sent.tx_hash):
+
+            async def publish() -> None:
                 await finalize_out.publish(sent)
                 log.info("finalize_sent", tx_hash=sent.tx_hash, gas_used=sent.gas_used)
-                await redis.set(marker, sent.tx_hash, ex=RECORD_TTL_SECONDS)
+
+            await publish_once(submitter.record_key("finalize", event.round), sent.tx_hash, publish)
         MESSAGES_HANDLED.labels(service=SERVICE, queue=RoundDeadline.routing_key).inc()

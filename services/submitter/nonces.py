@@ -142,7 +142,7 @@ class NonceSession:
         stored, last_tx = await m.stored()
         if stored is None or stored <= pending:
             return int(pending)
-        if last_tx is not None and await asyncio.to_thread(_known, m.w3, last_tx):
+        if last_tx is not None and await asyncio.to_thread(is_known, m.w3, last_tx):
             return stored
         log.warning("nonce_resynchronised", address=m.address, stored=stored, pending=pending, last_tx=last_tx)
         return int(pending)
@@ -155,7 +155,8 @@ class NonceSession:
             await m.redis.set(m.state_key, json.dumps({"next": nonce + 1, "last_tx": tx_hash}))
 
 
-def _known(w3: Web3, tx_hash: str) -> bool:
+def is_known(w3: Web3, tx_hash: str) -> bool:
+    """The node has the transaction, pending or mined."""
     try:
         w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
     except TransactionNotFound:

@@ -11,34 +11,57 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
+from services.submitter.records import TxPolicy
 from wafl.bus.secrets import register_secret
 from wafl.bus.settings import ServiceSettings
 
+_POLICY = TxPolicy()
+
 
 class SubmitterSettings(ServiceSettings):
+    """The transaction defaults are TxPolicy's (one place); ``policy()`` is what the engine gets."""
+
     key_file: Path | None = Field(default=None, description="file holding the organisation's private key (hex)")
     submitter_key: SecretStr | None = Field(
         default=None, description="the private key itself (WAFL_SUBMITTER_KEY), when no key file is used"
     )
     receipt_timeout: float = Field(
-        default=120.0, gt=0, description="seconds a transaction may take to be mined, re-sends included"
+        default=_POLICY.receipt_timeout, gt=0,
+        description="seconds a transaction may take to be mined, re-sends included",
     )
     resend_after: float = Field(
-        default=15.0, gt=0,
+        default=_POLICY.resend_after, gt=0,
         description="seconds without a receipt before re-sending with the same nonce and a higher fee",
     )
     fee_bump_percent: int = Field(
-        default=15, ge=10, le=200, description="fee increase of a replacement (nodes require at least 10%)"
+        default=_POLICY.fee_bump_percent, ge=10, le=200,
+        description="fee increase of a replacement (nodes require at least 10%)",
     )
-    max_fee_gwei: float = Field(default=500.0, gt=0, description="never offer more than this per gas")
-    gas_multiplier: float = Field(default=1.2, ge=1.0, le=5.0, description="gas limit = estimate x this + allowance")
+    max_fee_gwei: float = Field(
+        default=_POLICY.max_fee_wei / 10**9, gt=0, description="never offer more than this per gas"
+    )
+    gas_multiplier: float = Field(
+        default=_POLICY.gas_multiplier, ge=1.0, le=5.0, description="gas limit = estimate x this + allowance"
+    )
     confirmations: int = Field(
-        default=2, ge=0, le=64,
+        default=_POLICY.confirmations, ge=0, le=64,
         description="blocks on top of a mined transaction before it counts; a reorg within them re-sends it",
     )
     lock_wait: float = Field(
-        default=600.0, gt=0, description="seconds to wait for the key's nonce lock held by another replica"
+        default=_POLICY.lock_wait, gt=0,
+        description="seconds to wait for the key's nonce lock held by another replica",
     )
+
+    def policy(self) -> TxPolicy:
+        return TxPolicy(
+            receipt_timeout=self.receipt_timeout,
+            resend_after=self.resend_after,
+            fee_bump_percent=self.fee_bump_percent,
+            max_fee_wei=int(self.max_fee_gwei * 10**9),
+            gas_multiplier=self.gas_multiplier,
+            lock_wait=self.lock_wait,
+            confirmations=self.confirmations,
+        )
 
     @field_validator("submitter_key")
     @classmethod

@@ -26,13 +26,10 @@ async def serve(settings: TrainerSettings) -> None:
     # No chain access: rounds are checked against the chain_watcher's record in Redis.
     deployment, _ = await preflight(settings, chain=False)
     cfg = deployment.model_config
-    dataset = settings.dataset or cfg.dataset
-    if dataset is None:
-        raise StartupError(f"configuration {cfg.name} names no dataset: set WAFL_DATASET")
     try:
-        data = load_org_data(cfg, dataset, settings.org_index, settings.org_count, settings.seed)
+        data = load_org_data(cfg, settings.dataset, settings.org_index, settings.org_count, settings.seed)
     except ValueError as exc:
-        raise StartupError(str(exc)) from None
+        raise StartupError(f"{exc} (WAFL_DATASET, WAFL_ORG_INDEX, WAFL_ORG_COUNT)") from None
     state = TrainerState(RoundTrainer(cfg, data, settings.org, settings.participant))
     app = create_app(settings, state)
     port = serve_metrics(settings.metrics_port)

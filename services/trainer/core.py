@@ -1,14 +1,14 @@
 """The trainer's fixed-point training step in torch int64 (docs/design.md section 2).
 
 This reproduces :func:`wafl.core.fixedpoint.train_step` bit for bit: same inputs, same range
-checks (same exception type and message), same floor truncation, same outputs. It knows
-nothing of the broker; the service wraps it.
+checks (same exception type and message), same floor truncation, same clipping and saturation,
+same outputs. It knows nothing of the broker; the service wraps it.
 
 Why int64 is exact here: ``ModelConfig`` refuses any configuration whose intermediates
-(forward accumulator, error, gradients) could reach 2^62, and every input is range-checked
-before any arithmetic, so no sum or product below can wrap. Integer matmul is exact whatever
-the accumulation order, and ``>>`` on int64 tensors is an arithmetic shift, i.e. floor
-division by a power of two for negative values too.
+(forward accumulator, error, gradients) could reach 2^62, every input is range-checked before
+any arithmetic and every step's weights are saturated into their lanes, so no sum or product
+below can wrap. Integer matmul is exact whatever the accumulation order, and ``>>`` on int64
+tensors is an arithmetic shift, i.e. floor division by a power of two for negative values too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from wafl.core.config import ModelConfig
-from wafl.core.fixedpoint import FixedPointRangeError, Weights
+from wafl.core.fixedpoint import FixedPointRangeError, Weights, quantize
 
 __all__ = [
     "IntMatrixLike",
@@ -115,7 +115,8 @@ class TorchFixedPointTrainer:
         x is batch x d_in (fixed-point features), y is batch x d_out (targets in
         [0, target_max], one-hot for classification); tensors, integer arrays or nested lists.
         Raises ``FixedPointRangeError`` (message naming tensor and flat index, as the
-        reference) for an input out of range or when a step's weights leave the lane range.
+        reference) for an input out of range; never for the data's effect on the weights (the
+        step is bounded and saturated).
         """
         cfg = self.cfg
         # Shapes first, then ranges in the reference's order: weights, X, Y.
@@ -142,18 +143,23 @@ class TorchFixedPointTrainer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The arithmetic on already validated int64 tensors: returns (W', b').
 
-        The caller guarantees shapes and input ranges (``step`` does); the weights' range is
-        still checked after every step, as the circuit does.
+        The caller guarantees shapes and input ranges (``step`` does). Every step's change is
+        clipped and its weights saturated into their lanes (the reference's ``bounded_update``),
+        so no step can leave the range the next one's int64 bounds assume.
         """
         cfg = self.cfg
         f, s = cfg.frac_bits, cfg.lr_shift
         y_scaled = y * (1 << f)
         for _ in range(cfg.local_steps):
             err = floor_shift(x @ w.T, f) + b - y_scaled  # B x d_out
-            w = w - floor_shift(err.T @ x, f + s)  # d_out x d_in
-            b = b - floor_shift(err.sum(dim=0), s)  # d_out
-            _check_tensor_range("updated weights", torch.cat((w.reshape(-1), b)), cfg.weight_min, cfg.weight_max)
+            w = self._bounded(w, floor_shift(err.T @ x, f + s))  # d_out x d_in
+            b = self._bounded(b, floor_shift(err.sum(dim=0), s))  # d_out
         return w, b
+
+    def _bounded(self, weights: torch.Tensor, decrement: torch.Tensor) -> torch.Tensor:
+        """:func:`wafl.core.fixedpoint.bounded_update` on tensors (|values| < 2^63: exact)."""
+        cfg, bound = self.cfg, self.cfg.step_change_bound
+        return torch.clamp(weights - torch.clamp(decrement, -bound, bound - 1), cfg.weight_min, cfg.weight_max)
 
 
 class QuantizedFeatures(NamedTuple):
@@ -164,18 +170,12 @@ class QuantizedFeatures(NamedTuple):
 
 
 def quantize_features(x_float: torch.Tensor | np.ndarray, cfg: ModelConfig) -> QuantizedFeatures:
-    """Fixed-point features for the trainer: round(v * 2^F) (half to even, as ``cfg.to_fixed``),
-    clipped to [data_min, data_max]. NaN is refused; +-inf is clipped (and counted)."""
-    t = torch.from_numpy(x_float) if isinstance(x_float, np.ndarray) else x_float
-    t = t.detach().to(device="cpu", dtype=torch.float64)  # exact for float16/32 and |int| < 2^53
-    if bool(torch.isnan(t).any()):
-        raise ValueError("features contain NaN")
-    scaled = torch.round(t * float(1 << cfg.frac_bits))  # multiplying by 2^F is exact
-    # data_min and data_max + 1 are powers of two, exact in float64 (data_max itself may not be).
-    low, high_excl = float(cfg.data_min), float(cfg.data_max + 1)
-    out_of_range = (scaled < low) | (scaled >= high_excl)
-    as_int = scaled.clamp(low, high_excl).to(torch.int64).clamp(cfg.data_min, cfg.data_max)
-    return QuantizedFeatures(values=as_int, clipped=int(out_of_range.sum()))
+    """:func:`wafl.core.fixedpoint.quantize` for tensors: round(v * 2^F) (half to even, as
+    ``cfg.to_fixed``), clipped to [data_min, data_max]. NaN is refused; +-inf is clipped (and counted)."""
+    if isinstance(x_float, torch.Tensor):
+        x_float = x_float.detach().to(device="cpu", dtype=torch.float64).numpy()  # exact for float16/32
+    quantized = quantize(x_float, cfg)
+    return QuantizedFeatures(values=torch.from_numpy(quantized.values), clipped=quantized.clipped)
 
 
 def one_hot(labels: torch.Tensor | np.ndarray | Sequence[int], cfg: ModelConfig) -> torch.Tensor:

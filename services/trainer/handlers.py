@@ -1,4 +1,5 @@
-"""Trainer handlers: validate round.opened, train once per round, publish the job and summary."""
+"""Trainer handlers: validate round.opened, train once per round, publish the job and summary, or
+update.failed with the reason when the round's step cannot be proven."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from services.trainer.rounds import RoundTrainer
+from services.trainer.rounds import UNPROVABLE_STEP, RoundTrainer, UnprovableStepError
 from wafl.bus.chainstate import classify_round
-from wafl.bus.messages import ProverJob, RoundOpened, UpdateTrained
+from wafl.bus.messages import ProverJob, RoundOpened, UpdateFailed, UpdateTrained
 from wafl.bus.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
 from wafl.bus.service import Runtime, run_once
 
@@ -31,15 +32,10 @@ def register(runtime: Runtime, state: TrainerState) -> None:
         topology.prover_jobs, schema=ProverJob, persist=True,
         title="prover jobs", description="private work queue: the batch goes only to this organisation's provers",
     )
-    trained_out = broker.publisher(
-        exchange=topology.events, routing_key=UpdateTrained.routing_key, schema=UpdateTrained, persist=True,
-        title=UpdateTrained.routing_key,
-    )
+    trained_out = runtime.event_publisher(UpdateTrained)
+    failed_out = runtime.event_publisher(UpdateFailed)
 
-    @broker.subscriber(
-        topology.service_queue(SERVICE, RoundOpened.routing_key), topology.events,
-        title=f"{SERVICE}: {RoundOpened.routing_key}",
-    )
+    @runtime.event_subscriber(RoundOpened)
     async def on_round_opened(event: RoundOpened) -> None:
         if state.trainer is None:
             raise RuntimeError("trainer used before start-up")
@@ -51,7 +47,13 @@ def register(runtime: Runtime, state: TrainerState) -> None:
         trainer = state.trainer
 
         async def train_and_publish() -> None:
-            job, trained = await asyncio.to_thread(trainer.train, event.round, event.global_words)
+            try:
+                job, trained = await asyncio.to_thread(trainer.train, event.round, event.global_words)
+            except UnprovableStepError as exc:
+                # Retrying gives the same step: say so once, and the federation goes on without us.
+                await failed_out.publish(trainer.failed(event.round, UNPROVABLE_STEP, str(exc)))
+                log.warning("update_failed", reason=UNPROVABLE_STEP, detail=str(exc))
+                return
             await jobs.publish(job)
             await trained_out.publish(trained)
             log.info("round_trained", participant=trained.participant,

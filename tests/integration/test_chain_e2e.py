@@ -26,15 +26,19 @@ MAX_GAS_SUBMIT = 310_000
 MIN_GAS_SUBMIT = 250_000  # a verified update cannot cost less than tx + 4 pairings + its ecMuls
 
 
+def new_federation(
+    w3: Web3, cfg: ModelConfig, size: int
+) -> tuple[AggregatorClient, LocalAccount, list[LocalAccount]]:
+    """A fresh deployment with ``size`` registered members, all of them needed for the quorum."""
+    admin = new_account(w3)
+    members = [new_account(w3) for _ in range(size)]
+    deployment = deploy(w3, admin, cfg, quorum=size, round_duration=ROUND_SECONDS, participants=members)
+    return AggregatorClient(w3, deployment), admin, members
+
+
 @pytest.fixture(scope="module")
 def federation(w3: Web3, ref_config: ModelConfig) -> tuple[AggregatorClient, LocalAccount, list[LocalAccount]]:
-    admin = new_account(w3)
-    members = [new_account(w3) for _ in range(3)]
-    deployment = deploy(
-        w3, admin, ref_config, quorum=3, round_duration=ROUND_SECONDS,
-        participants=members,
-    )
-    return AggregatorClient(w3, deployment), admin, members
+    return new_federation(w3, ref_config, 3)
 
 
 def snapshot(aggregator: AggregatorClient, members: list[LocalAccount]) -> tuple[object, ...]:
@@ -77,13 +81,7 @@ class TestRejections:
     def setup(
         self, w3: Web3, ref_config: ModelConfig
     ) -> tuple[AggregatorClient, LocalAccount, list[LocalAccount]]:
-        admin = new_account(w3)
-        members = [new_account(w3) for _ in range(2)]
-        deployment = deploy(
-            w3, admin, ref_config, quorum=2, round_duration=ROUND_SECONDS,
-            participants=members,
-        )
-        return AggregatorClient(w3, deployment), admin, members
+        return new_federation(w3, ref_config, 2)
 
     def expect_revert(
         self, aggregator: AggregatorClient, members: list[LocalAccount], name: str,

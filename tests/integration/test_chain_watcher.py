@@ -17,9 +17,9 @@ from services.chain_watcher.follower import ChainFollower, Cursor
 from services.chain_watcher.handlers import Watcher, WatcherState
 from services.chain_watcher.settings import ChainWatcherSettings
 from tests.conftest import new_account
-from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, body, drain
+from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, body, drain, serving
 from wafl.bus.chainstate import read_state
-from wafl.bus.service import declare_topology, make_runtime
+from wafl.bus.service import make_runtime
 from wafl.bus.topology import Topology
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.anvil import Anvil
@@ -69,11 +69,8 @@ async def watcher(org: str, w3: Web3, deployment: Deployment) -> AsyncIterator[W
     runtime = make_runtime(settings, "chain_watcher")
     follower = ChainFollower(w3, deployment, org, CONFIRMATIONS)
     watch = Watcher(runtime, WatcherState(follower))
-    async with runtime.broker:
-        await runtime.broker.start()
-        await declare_topology(runtime.broker, runtime.topology)
+    async with serving(runtime):
         yield watch
-    await runtime.redis.aclose()
 
 
 async def received(org: str, expect: int, timeout: float = 5.0) -> list[tuple[str, dict[str, Any]]]:

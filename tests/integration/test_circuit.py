@@ -23,11 +23,12 @@ from wafl.core.field import SNARK_FIELD
 from wafl.core.fixedpoint import Weights, train_step
 from wafl.core.packing import lane_shift
 from wafl.zk.build import CircuitBuild, build_circuit
+from wafl.zk.ceremony import required_power
 from wafl.zk.circuit import CircuitKind, witness_args
 from wafl.zk.prover import ProofResult, Prover, UnsatisfiedConstraintError
 
 VECTOR_DIR = Path(__file__).parent / "circuits"
-CONFIGS = ("ref-9x6-b10", "wine-13x3-b16")
+CONFIGS = ("ref-9x6-b10", "wine-13x3-b16", "iris-4x3-b3")
 
 
 def _load_generator() -> Any:
@@ -139,6 +140,8 @@ def test_vectors_cover_every_failure_kind(name: str) -> None:
     assert kinds == {"ok", *_load_generator().FAILURE_KINDS} == {"ok", *FAILURE_MESSAGE}
     for case in data["cases"]:
         assert len(case["public_inputs"]) == cfg.public_inputs
+    # Valid steps with the bound idle, clipping, and clipping with saturation (docs/design.md section 2).
+    assert {c["bounded"] for c in data["cases"] if c["expect"] == "ok"} >= {"none", "clip", "clip+saturate"}
 
 
 # ---- constraint budget and ABI -------------------------------------------------------------------
@@ -149,6 +152,8 @@ def test_constraint_budget(circuits: dict[str, Circuit], name: str) -> None:
     assert build.constraints <= budget["tight_max_constraints"], (
         f"{name} grew to {build.constraints} constraints (budget {budget['tight_max_constraints']})"
     )
+    if name == "iris-4x3-b3":  # CI's ceremony circuit: a phase 1 of 2^11 must hold it
+        assert required_power(build.r1cs) == 11
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -177,18 +182,21 @@ def test_ok_vector_proves_and_verifies(circuits: dict[str, Circuit], name: str, 
 
 
 # ---- failures: each must be caught when the witness is computed ---------------------------------
-# How zokrates-js 0.8.8 reports the failure: a mismatch of a packed word fails an assert; a value
-# outside its range fails the bit decomposition (the unpack embed's "Sum check").
+# How zokrates-js reports the failure: a mismatch of a packed word fails an assert; a value
+# outside its range fails the bit decomposition (the unpack embed's "Sum check"). An update that
+# is not the bounded step (unclipped, or unsaturated and so outside its lane) is a mismatch: the
+# circuit computes the bounded step's lanes itself.
 MISMATCH = "Assertion failed"
 RANGE = "Sum check failed"
 FAILURE_MESSAGE = {
     "tampered-update": MISMATCH,
+    "unclipped-update": MISMATCH,
     "tampered-global": MISMATCH,
     "update-headroom-bit": MISMATCH,
     "data-out-of-range": RANGE,
     "target-out-of-range": RANGE,
     "global-lane-out-of-range": RANGE,
-    "update-lane-out-of-range": RANGE,
+    "update-lane-out-of-range": MISMATCH,
     "weight-wraps": RANGE,
     "sender-out-of-range": RANGE,
     "round-out-of-range": RANGE,

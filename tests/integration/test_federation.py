@@ -200,7 +200,7 @@ def test_rounds_complete_through_faults(built: None, tmp_path: Path, monkeypatch
         # 3. Redis flushed (it keeps nothing on disk here): progress is rebuilt from the chain,
         # nothing is submitted twice.
         for org in fed.orgs:
-            redis.Redis(host="127.0.0.1", port=6379, db=org.redis_db).flushdb()
+            redis.Redis.from_url(org.redis_url).flushdb()
         fed.wait_for_round(4, ROUND_TIMEOUT)
 
         # 4. A submission dropped from the pool before it is mined: re-sent with the same nonce.

@@ -15,7 +15,7 @@ from services.metrics.book import MetricsBook
 from services.metrics.handlers import MetricsState, register
 from services.metrics.settings import MetricsSettings
 from services.trainer.rounds import RoundTrainer
-from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, drain
+from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, drain, publish_raw, serving
 from wafl.bus.chainstate import write_state
 from wafl.bus.messages import (
     Message,
@@ -29,8 +29,8 @@ from wafl.bus.messages import (
     UpdateSubmitted,
     UpdateTrained,
 )
-from wafl.bus.service import declare_topology, make_runtime
-from wafl.bus.topology import DEAD_LETTER_REASON, Topology
+from wafl.bus.service import make_runtime
+from wafl.bus.topology import DEAD_LETTER_REASON
 from wafl.core.config import load_config
 from wafl.core.fixedpoint import Weights
 from wafl.core.packing import pack, unpack
@@ -100,19 +100,14 @@ async def run_metrics(org: str, book: MetricsBook, registry: CollectorRegistry, 
     runtime = make_runtime(settings, "metrics")
     register(runtime, MetricsState(book))
     await write_state(runtime.redis, org, 2, 200, 5)
-    topology = Topology(org)
-    async with amqp() as channel, runtime.broker:
-        await runtime.broker.start()
-        await declare_topology(runtime.broker, topology)
+    async with amqp() as channel, serving(runtime) as topology:
         for event in events:
             await runtime.broker.publish(event, exchange=topology.events, routing_key=event.routing_key, persist=True)
-        await runtime.broker.publish(b'{"round": "one"}', exchange=topology.events, routing_key="update.accepted",
-                                     content_type="application/json")
+        await publish_raw(runtime, [b'{"round": "one"}'], exchange=topology.events, routing_key="update.accepted")
         dead_queue = await channel.declare_queue(topology.dead_letters.name, passive=True)
         dead = await drain(dead_queue, 1, timeout=30)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and value(registry, "wafl_rounds_opened_total") < 2:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # a repeat, if it were counted, would arrive by now
-    await runtime.redis.aclose()
     return list(dead)

@@ -28,10 +28,10 @@ from services.prover.proving import JobProver
 from services.prover.settings import ProverSettings
 from services.trainer.rounds import RoundTrainer
 from tests.conftest import new_account
-from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, counter, drain
+from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, counter, drain, publish_raw, serving
 from wafl.bus.chainstate import write_state
 from wafl.bus.messages import ProverJob
-from wafl.bus.service import StartupError, check_chain, declare_topology, make_runtime
+from wafl.bus.service import StartupError, check_chain, make_runtime
 from wafl.bus.topology import DEAD_LETTER_REASON, Topology
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.artifact import Deployment
@@ -77,20 +77,13 @@ async def run_prover(
     runtime = make_runtime(settings, "prover")
     register(runtime, ProverState(JobProver(deployment.model_config, worker, org)))
     await write_state(runtime.redis, org, 1, 0, 1)  # what the chain watcher records
-    topology = Topology(org)
     async with amqp() as channel:
-        proofs = await bind_observer(channel, topology.events.name, "proof.generated")
-        async with runtime.broker:
-            await runtime.broker.start()
-            await declare_topology(runtime.broker, topology)
+        proofs = await bind_observer(channel, runtime.topology.events.name, "proof.generated")
+        async with serving(runtime) as topology:
             dead_queue = await channel.declare_queue(topology.dead_letters.name, passive=True)
-            for item in publish:
-                payload = item if isinstance(item, bytes) else json.dumps(item).encode()
-                await runtime.broker.publish(payload, queue=topology.prover_jobs.name,
-                                             content_type="application/json", persist=True)
+            await publish_raw(runtime, publish, queue=topology.prover_jobs.name, persist=True)
             generated = await drain(proofs, expect_proofs, timeout=90, settle=1.0)
             dead = await drain(dead_queue, expect_dead, timeout=30)
-    await runtime.redis.aclose()
     return generated, dead
 
 

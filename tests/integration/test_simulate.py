@@ -3,6 +3,7 @@ in-process broker and Redis stand-in by default, the real servers with flags."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -16,17 +17,24 @@ from typing import Any
 import numpy as np
 import pytest
 
+from services.prover.proving import JobProver
 from services.trainer.rounds import RoundTrainer
+from tests.support.processes import processes_with
 from tools.cli import main
 from tools.simulate.attack import made_up_update
+from tools.simulate.federation import Plan, Progress, Simulation
+from wafl.bus.messages import ProofGenerated, ProverJob
+from wafl.bus.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, with_path
 from wafl.chain.anvil import Anvil
-from wafl.core.config import load_config
-from wafl.core.fixedpoint import Weights
+from wafl.core.config import ModelConfig, load_config
+from wafl.core.fixedpoint import Weights, fedavg
 from wafl.core.packing import pack, unpack
-from wafl.data.fedsplit import bundled, from_files, split_indices
+from wafl.data.datasets import OrgData
+from wafl.data.fedsplit import FederationData, bundled, from_files, split_indices
+from wafl.zk.prover import UnsatisfiedConstraintError
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/7"
+AMQP_URL = DEFAULT_AMQP_URL
+REDIS_URL = with_path(DEFAULT_REDIS_URL, 7)
 
 
 def simulate(tmp_path: Path, *flags: str, timeout: float = 600) -> tuple[dict[str, Any], str]:
@@ -122,6 +130,92 @@ def good_rows(n: int = 12) -> list[str]:
 
 
 HEADER = ",".join(f"f{i}" for i in range(13)) + ",label"
+
+
+def outlier_files(tmp_path: Path) -> tuple[Path, Path]:
+    """good.csv (60 ordinary rows) and huge_value.csv (4 rows, one with 1e6 in every feature).
+    Standardised over both, the outlier lies about 5.6 standard deviations out: inside the data
+    range, so the files pass validation."""
+    rng = np.random.default_rng(1)
+    rows = [",".join(f"{v:.3f}" for v in rng.normal(size=13)) + f",{i % 3}" for i in range(64)]
+    huge = ",".join(["1e6"] * 13) + ",0"
+    return (write_csv(tmp_path / "huge_value.csv", HEADER, [huge, *rows[60:63]]),
+            write_csv(tmp_path / "good.csv", HEADER, rows[:60]))
+
+
+def _unbounded_round_leaving_the_lanes(data: FederationData, cfg: ModelConfig, rounds: int) -> int | None:
+    """The first round whose step, unclipped and unsaturated (as before the bound), leaves the lanes."""
+    f, s = cfg.frac_bits, cfg.lr_shift
+    w, b = np.zeros((cfg.d_out, cfg.d_in), dtype=object), np.zeros(cfg.d_out, dtype=object)
+    for round_id in range(1, rounds + 1):
+        updates = []
+        for org in data.orgs:
+            x, y = (a.astype(object) for a in org.batch(cfg, round_id))
+            err = (x @ w.T) // (1 << f) + b - y * (1 << f)
+            updates.append((w - (err.T @ x) // (1 << (f + s)), b - err.sum(axis=0) // (1 << s)))
+        values = np.concatenate([np.concatenate([u.reshape(-1), v]) for u, v in updates])
+        if values.min() < cfg.weight_min or values.max() > cfg.weight_max:
+            return round_id
+        w, b = sum(u for u, _ in updates) // len(updates), sum(v for _, v in updates) // len(updates)
+    return None
+
+
+@pytest.mark.slow
+def test_an_outlier_row_is_clipped_and_the_federation_completes(tmp_path: Path) -> None:
+    """The issue's run: an outlier row that passes validation used to push a weight out of its lane
+    (round 3 here), the honest step became unprovable and `wafl simulate` ended in a traceback.
+    The bounded step clips it: every round is proven, accepted and equal to the reference."""
+    cfg = load_config("wine-13x3-b16")
+    huge, good = outlier_files(tmp_path)
+    data = from_files(cfg, [huge, good])
+    assert _unbounded_round_leaving_the_lanes(data, cfg, 3) == 3
+    result, stdout = simulate(tmp_path, "--data", str(huge), str(good), "--rounds", "3", "--out", "outlier")
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["accepted"] == 2 and not r["failed"] and r["matches_reference"] for r in rounds)
+    assert "Traceback" not in stdout
+    # The bound was at work: the outlier's organisation moved some weight by exactly B in a round.
+    model = Weights.zeros(cfg)
+    moved = []
+    for round_id in range(1, 4):
+        updates = [RoundTrainer(cfg, org, "o", "0x" + "12" * 20).train(round_id, pack(cfg, model.flat()))[0]
+                   for org in data.orgs]
+        flats = [unpack(cfg, job.update_words) for job in updates]
+        moved.append(max(abs(a - c) for a, c in zip(flats[0], model.flat(), strict=True)))
+        model = fedavg(cfg, [Weights.from_flat(cfg, f) for f in flats])
+    assert max(moved) == cfg.max_weight_change, moved
+
+
+@pytest.mark.slow
+def test_an_unprovable_step_is_update_failed_and_the_federation_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 2: org2's batch holds a value outside the data range (what no data file gets past
+    validation: a trainer fed by hand), so its trainer publishes update.failed with the reason.
+    Round 3: org1's prover cannot prove its job (made to fail here), which is dead-lettered. Each
+    round closes at its deadline with the other update, the next has both again, and the chain
+    still equals the reference."""
+    cfg = load_config("wine-13x3-b16")
+    data = bundled(cfg, "wine", 2)
+    broken = data.orgs[1]
+    x = broken.x_train.copy()
+    x[cfg.batch + 2, 0] = cfg.data_max + 1  # a row of round 2's batch
+    data.orgs[1] = OrgData(x, broken.y_train, broken.x_test, broken.y_test)
+    prove = JobProver.prove
+
+    def failing_prove(self: JobProver, job: ProverJob) -> ProofGenerated:
+        if (job.org, job.round) == ("org1", 3):
+            raise UnsatisfiedConstraintError("Execution failed: made to fail by the test")
+        return prove(self, job)
+
+    monkeypatch.setattr(JobProver, "prove", failing_prove)
+    seen: list[str] = []
+    progress = Progress(on_event=lambda org, event: seen.append(f"{org} {event.routing_key}"))
+    records = asyncio.run(Simulation(Plan(cfg, data, rounds=4, round_timeout=300), progress).run())
+    assert [(r.round, r.accepted, len(r.failed)) for r in records] == [(1, 2, 0), (2, 1, 1), (3, 1, 1), (4, 2, 0)]
+    assert all(r.matches_reference for r in records)
+    assert records[1].failed == [f"org2: unprovable_step: FixedPointRangeError: X[{2 * cfg.d_in}] is outside "
+                                 f"[{cfg.data_min}, {cfg.data_max}]"]  # row 2 of the batch, column 0
+    assert records[2].failed[0].startswith("org1: unprovable_job: rejected: the job does not satisfy the circuit")
+    assert seen.count("org2 update.failed") == 1 and seen.count("org1 update.failed") == 1
 
 
 @pytest.mark.parametrize(("case", "expected"), [
@@ -228,19 +322,6 @@ def test_made_up_updates_fit_the_lanes_but_are_far_from_honest(attack: str) -> N
     assert pack(cfg, made_up.flat())  # packs into lanes like an honest update
 
 
-def _processes_with(marker: str) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if marker.encode() in (proc / "environ").read_bytes():
-                found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_stops_everything_it_started(tmp_path: Path, sig: int) -> None:
@@ -255,12 +336,12 @@ def test_interrupting_stops_everything_it_started(tmp_path: Path, sig: int) -> N
         seen += proc.stdout.readline()
     assert "round 1 finalised" in seen, seen[-3000:]
     # Mid-run: anvil and the ZoKrates workers are up.
-    running = _processes_with(marker)
+    running = processes_with(marker)
     assert any("anvil" in p for p in running) and any("worker.mjs" in p for p in running), running
     proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, seen[-2000:] + rest[-2000:]
     assert "interrupted" in rest
     time.sleep(0.5)
-    assert _processes_with(marker) == [], "left behind"
+    assert processes_with(marker) == [], "left behind"
     assert not (tmp_path / "wafl-simulation" / "results.json").exists()

@@ -11,7 +11,8 @@ import pytest
 import redis.asyncio as aioredis
 from web3 import Web3
 
-from services.submitter.core import TxRecord, UnknownRoundError, WrongParticipantError
+from services.submitter.decisions import UnknownRoundError, WrongParticipantError
+from services.submitter.records import TxRecord
 from tests.conftest import new_account
 from tests.support.brokers import REDIS_URL
 from tests.support.submitting import accepted_logs, nonce, proof_message, submitter

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,12 +18,14 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from services.submitter.core import TxRecord
+from services.submitter.decisions import Submitter
 from services.submitter.nonces import NonceManager
+from services.submitter.records import TxRecord
 from tests.conftest import new_account
 from tests.support.brokers import REDIS_URL, counter
 from tests.support.submitting import accepted_logs, proof_message, submitter
-from wafl.bus.messages import UpdateFailed, UpdateSubmitted
+from tests.support.updates import make_update
+from wafl.bus.messages import ProofGenerated, UpdateFailed, UpdateSubmitted
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.artifact import Deployment
 from wafl.chain.deploy import deploy
@@ -63,6 +66,17 @@ async def wait_for(predicate: Any, what: str, timeout: float = 30.0) -> Any:
             return value
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def submitting(
+    redis: aioredis.Redis, w3: Web3, deployment: Deployment, account: LocalAccount, org: str,
+    message: ProofGenerated, nonce: int, resend_after: float, what: str,
+) -> tuple[Submitter, asyncio.Task[UpdateSubmitted | UpdateFailed], dict[str, Any]]:
+    """A replica handling ``message`` in the background, once its transaction of ``nonce`` is in
+    the pool (returned too)."""
+    sub = submitter(redis, w3, deployment, account, org, resend_after=resend_after, receipt_timeout=60)
+    task = asyncio.create_task(sub.submit(message))
+    return sub, task, await wait_for(lambda: pool_of(w3, account.address).get(nonce), what)
 
 
 @pytest.fixture()
@@ -135,9 +149,8 @@ def test_dropped_transaction_is_resent_with_the_same_nonce(
     async def scenario() -> tuple[UpdateSubmitted | UpdateFailed, str, str, TxRecord, UpdateSubmitted | UpdateFailed]:
         redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
         try:
-            sub = submitter(redis, w3, deployment, member, org, resend_after=0.5, receipt_timeout=60)
-            task = asyncio.create_task(sub.submit(message))
-            first = await wait_for(lambda: pool_of(w3, member.address).get(start), "the first version in the pool")
+            sub, task, first = await submitting(redis, w3, deployment, member, org, message, start, 0.5,
+                                                "the first version in the pool")
             rpc(w3, "anvil_dropTransaction", first["hash"])
             assert pool_of(w3, member.address) == {}
             second = await wait_for(lambda: pool_of(w3, member.address).get(start), "the re-sent version")
@@ -178,9 +191,9 @@ def test_unmined_transaction_is_replaced_with_a_higher_fee_and_accepted_once(
     async def scenario() -> tuple[UpdateSubmitted | UpdateFailed, list[dict[str, Any]], TxRecord]:
         redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
         try:
-            sub = submitter(redis, w3, deployment, member, org, resend_after=0.5, receipt_timeout=60)
-            task = asyncio.create_task(sub.submit(message))
-            seen = [await wait_for(lambda: pool_of(w3, member.address).get(start), "the first version")]
+            sub, task, version = await submitting(redis, w3, deployment, member, org, message, start, 0.5,
+                                                  "the first version")
+            seen = [version]
             # The base fee jumps above what the first version offers: the next block leaves it out.
             rpc(w3, "anvil_setNextBlockBaseFeePerGas", hex(int(seen[0]["maxFeePerGas"], 16) * 3))
             rpc(w3, "evm_mine")
@@ -227,9 +240,8 @@ def test_mined_revert_is_reported_by_name_and_not_retried(
     async def scenario() -> tuple[UpdateSubmitted | UpdateFailed, UpdateSubmitted | UpdateFailed]:
         redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
         try:
-            sub = submitter(redis, w3, deployment, member, org, resend_after=30, receipt_timeout=60)
-            task = asyncio.create_task(sub.submit(message))
-            await wait_for(lambda: pool_of(w3, member.address).get(start), "the transaction in the pool")
+            sub, task, _ = await submitting(redis, w3, deployment, member, org, message, start, 30,
+                                            "the transaction in the pool")
             # The deadline passes before the block that includes it.
             rpc(w3, "evm_increaseTime", 3601)
             rpc(w3, "evm_mine")
@@ -270,9 +282,8 @@ def test_nonce_taken_by_another_transaction_gets_a_new_nonce_once(
     async def scenario() -> tuple[UpdateSubmitted | UpdateFailed, str, TxRecord]:
         redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
         try:
-            sub = submitter(redis, w3, deployment, member, org, resend_after=3, receipt_timeout=60)
-            task = asyncio.create_task(sub.submit(message))
-            ours = await wait_for(lambda: pool_of(w3, member.address).get(start), "the update in the pool")
+            sub, task, ours = await submitting(redis, w3, deployment, member, org, message, start, 3,
+                                               "the update in the pool")
             foreign = member.sign_transaction({
                 "to": Account.create().address, "value": 1, "gas": 21_000, "nonce": start, "chainId": w3.eth.chain_id,
                 "maxFeePerGas": int(ours["maxFeePerGas"], 16) * 10, "maxPriorityFeePerGas": 10 * 10**9,
@@ -293,3 +304,58 @@ def test_nonce_taken_by_another_transaction_gets_a_new_nonce_once(
     assert record.nonce == start + 1 and w3.eth.get_transaction(answer.tx_hash)["nonce"] == start + 1  # type: ignore[arg-type]
     assert w3.eth.get_transaction_count(member.address, "latest") == start + 2
     assert accepted_logs(aggregator, 1, member) == [answer.tx_hash]
+
+
+def test_revert_caused_earlier_in_its_block_is_named_by_that_cause(
+    org: str, w3: Web3, ref_config: ModelConfig, ref_worker: Prover,
+) -> None:
+    """Another organisation's update reaches the quorum and finalises the round earlier in the same
+    block as ours: ours reverts with Wafl__RoundClosed. The replay shows it only at the receipt's
+    block: at the block before, the round is still open and the same call succeeds."""
+    admin, a, b, c = (new_account(w3) for _ in range(4))
+    deployment = deploy(w3, admin, ref_config, quorum=2, round_duration=3600, participants=[a, b, c])
+    aggregator = AggregatorClient(w3, deployment)
+    first = make_update(ref_config, ref_worker, aggregator.global_model(), b.address, 1, random.Random(25))
+    aggregator.submit_update(b, 1, first.words, first.proof)  # one accepted: the next one closes the round
+    closing = make_update(ref_config, ref_worker, aggregator.global_model(), c.address, 1, random.Random(26))
+    message = proof_message(org, ref_config, ref_worker, aggregator, a, 1, seed=27)
+    start = w3.eth.get_transaction_count(a.address, "latest")
+
+    async def scenario() -> tuple[UpdateSubmitted | UpdateFailed, str, TxRecord]:
+        redis = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+        try:
+            sub, task, ours = await submitting(redis, w3, deployment, a, org, message, start, 30,
+                                               "our update in the pool")
+            # c's quorum-reaching update, with a higher tip: first in the block (anvil orders by fees).
+            tip = int(ours["maxPriorityFeePerGas"], 16) * 10
+            data = aggregator.contract.encode_abi("submitUpdate",
+                                                  args=[1, closing.words, closing.proof.as_uint256x8()])
+            signed = c.sign_transaction({
+                "to": Web3.to_checksum_address(deployment.address), "data": data, "value": 0, "gas": 3_000_000,
+                "nonce": w3.eth.get_transaction_count(c.address), "chainId": w3.eth.chain_id,
+                "maxFeePerGas": int(ours["maxFeePerGas"], 16) + tip, "maxPriorityFeePerGas": tip,
+            })
+            theirs = w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
+            await asyncio.to_thread(rpc, w3, "evm_mine")
+            answer = await asyncio.wait_for(task, 30)
+            return answer, theirs, TxRecord.loads(await redis.get(sub.record_key("update", 1)) or "")
+        finally:
+            await redis.aclose()
+
+    rpc(w3, "evm_setAutomine", False)
+    try:
+        answer, theirs, record = asyncio.run(scenario())
+    finally:
+        rpc(w3, "evm_setAutomine", True)
+    assert isinstance(answer, UpdateFailed) and answer.reason == "Wafl__RoundClosed", answer
+    ours = record.tx_hash
+    assert record.state == "reverted" and ours is not None and f"mined in {ours}" in answer.detail
+    closed, reverted = (w3.eth.get_transaction_receipt(h) for h in (theirs, ours))  # type: ignore[arg-type]
+    assert closed["status"] == 1 and reverted["status"] == 0
+    assert closed["blockNumber"] == reverted["blockNumber"]
+    assert closed["transactionIndex"] < reverted["transactionIndex"]
+    assert aggregator.current_round().round == 2 and accepted_logs(aggregator, 1, a) == []
+    # The same call at the block before: the round was still open there, and it does not revert.
+    call = w3.eth.get_transaction(ours)  # type: ignore[arg-type]
+    w3.eth.call({"from": a.address, "to": call["to"], "data": call["input"], "gas": call["gas"]},
+                block_identifier=reverted["blockNumber"] - 1)

@@ -19,8 +19,9 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from services.submitter.core import Submitter, TxPolicy
+from services.submitter.decisions import Submitter
 from services.submitter.handlers import SubmitterState, register
+from services.submitter.records import TxPolicy
 from services.submitter.settings import SubmitterSettings
 from tests.conftest import new_account
 from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, bind_observer, body, counter, drain
@@ -75,7 +76,9 @@ def test_proof_and_deadline_messages_through_the_broker(
     async def scenario() -> tuple[list[Any], list[Any], list[Any]]:
         settings = SubmitterSettings(org=org, amqp_url=AMQP_URL, redis_url=REDIS_URL)
         runtime = make_runtime(settings, "submitter")
-        sub = Submitter(aggregator, member, runtime.redis, runtime.key(), org, TxPolicy(resend_after=5))
+        # Confirmations 0: this anvil mines a block only for a transaction.
+        policy = TxPolicy(resend_after=5, confirmations=0)
+        sub = Submitter(aggregator, member, runtime.redis, runtime.key(), org, policy)
         register(runtime, SubmitterState(sub))
         topology = Topology(org)
         async with amqp() as channel:

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,9 +16,12 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
 
 from tools.localnet import delete_org_topology
+from wafl.bus.service import Runtime, declare_topology
+from wafl.bus.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL
+from wafl.bus.topology import Topology
 
-AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-REDIS_URL = "redis://127.0.0.1:6379/0"
+AMQP_URL = DEFAULT_AMQP_URL
+REDIS_URL = DEFAULT_REDIS_URL
 
 
 def counter(name: str, **labels: str) -> float:
@@ -37,6 +40,26 @@ async def amqp() -> AsyncIterator[aio_pika.abc.AbstractChannel]:
         yield await connection.channel()
     finally:
         await connection.close()
+
+
+@asynccontextmanager
+async def serving(runtime: Runtime) -> AsyncIterator[Topology]:
+    """A service's runtime (its handlers registered) consuming as its process would: the broker
+    started and the organisation's topology declared. Its Redis client is closed afterwards."""
+    try:
+        async with runtime.broker:
+            await runtime.broker.start()
+            await declare_topology(runtime.broker, runtime.topology)
+            yield runtime.topology
+    finally:
+        await runtime.redis.aclose()
+
+
+async def publish_raw(runtime: Runtime, bodies: Sequence[bytes | dict[str, Any]], **where: Any) -> None:
+    """Publish bodies as a peer (or an attacker) would: bytes as they are, a dict as JSON."""
+    for item in bodies:
+        payload = item if isinstance(item, bytes) else json.dumps(item).encode()
+        await runtime.broker.publish(payload, content_type="application/json", **where)
 
 
 async def bind_observer(channel: aio_pika.abc.AbstractChannel, exchange: str, pattern: str = "#") -> Any:

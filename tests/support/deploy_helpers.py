@@ -1,4 +1,5 @@
-"""Shared by the tests of docker-compose, Kubernetes, Prometheus and Grafana (tests/test_deploy_*.py)."""
+"""Shared by the tests of the images, docker-compose, Kubernetes, Prometheus and Grafana
+(tests/unit/test_deploy_*.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +23,46 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").exists())
 SERVICES = SERVICE_NAMES
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+# The organisations of the compose stack.
+COMPOSE_ORGS = ("org-a", "org-b")
+
+
+def dns_name(service: str) -> str:
+    """A service's name in compose services, Kubernetes objects and image names (chain_watcher: chain-watcher)."""
+    return service.replace("_", "-")
+
+
+@functools.cache
+def compose_file() -> dict[str, Any]:
+    """docker-compose.yml as written (anchors and merge keys resolved, ${VARIABLES} not interpolated)."""
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return loaded
+
+
+@dataclass(frozen=True)
+class Image:
+    """A service's image as docker-compose.yml builds it: its Dockerfile and the build arguments."""
+
+    service: str
+    dockerfile: Path
+    args: tuple[tuple[str, str], ...]
+
+    @property
+    def text(self) -> str:
+        return self.dockerfile.read_text()
+
+
+@functools.cache
+def image(service: str) -> Image:
+    """The image every compose organisation builds for ``service`` (they must build the same one)."""
+    services = compose_file()["services"]
+    builds = [services[f"{org}-{dns_name(service)}"]["build"] for org in COMPOSE_ORGS]
+    assert all(build == builds[0] for build in builds), f"the organisations build {service} differently"
+    build = builds[0]
+    assert build["context"] == ".", "images are built from the repository root"
+    args = tuple(sorted((name, str(value)) for name, value in (build.get("args") or {}).items()))
+    return Image(service, ROOT / build["dockerfile"], args)
 
 
 def wafl_grafana() -> ModuleType:

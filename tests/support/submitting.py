@@ -9,7 +9,8 @@ import redis.asyncio as aioredis
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from services.submitter.core import Submitter, TxPolicy
+from services.submitter.decisions import Submitter
+from services.submitter.records import TxPolicy
 from tests.support.updates import make_update
 from wafl.bus.messages import ProofGenerated
 from wafl.chain.aggregator import AggregatorClient
@@ -29,10 +30,12 @@ def proof_message(
 
 
 def submitter(redis: aioredis.Redis, w3: Web3, deployment: Deployment, account: LocalAccount, org: str,
-              prefix: str | None = None, **policy: float) -> Submitter:
-    """One replica: its own client objects, the organisation's Redis namespace."""
+              prefix: str | None = None, confirmations: int = 0, **policy: float) -> Submitter:
+    """One replica: its own client objects, the organisation's Redis namespace. Confirmations 0
+    unless told: the tests' anvil mines only the blocks that carry transactions (or that a test
+    mines by hand), so nothing would ever come to stand on the last receipt."""
     return Submitter(AggregatorClient(w3, deployment), account, redis, prefix or f"wafl:{org}:submitter", org,
-                     TxPolicy(**policy))  # type: ignore[arg-type]
+                     TxPolicy(confirmations=confirmations, **policy))  # type: ignore[arg-type]
 
 
 def nonce(w3: Web3, account: LocalAccount) -> int:

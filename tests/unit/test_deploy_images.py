@@ -1,25 +1,32 @@
-"""The service images (services/<name>/Dockerfile), checked without a Docker engine: small (each
-installs only the dependencies its service imports: torch only in trainer and metrics, from the
-CPU index), non-root, with a health check; the prover's carries Node, exactly the lock file's
-zokrates-js and snarkjs with their dependencies, groth16py and the compiled circuits, but no keys.
-Each service (and the commands its image runs as a job: `wafl attest`, `wafl ceremony`) is
-imported with its image's left-out packages blocked, so a service that starts importing one fails
-here rather than in a container. The chain image of docker-compose (deploy/docker/chain.Dockerfile)
-is checked too."""
+"""The service images, checked without a Docker engine. chain_watcher, trainer, submitter and
+metrics share deploy/docker/service.Dockerfile, each with the build arguments docker-compose.yml
+passes it (SERVICE, WITHOUT); the prover has deploy/docker/prover.Dockerfile. Every image is small
+(it installs only the dependencies its service imports: torch only in trainer and metrics, from the
+CPU index), non-root, with a health check, and runs `wafl run <service>`; the prover's carries
+Node, exactly the lock file's zokrates-js and snarkjs with their dependencies, groth16py and the
+compiled circuits, but no keys. Each Dockerfile is read with its build arguments substituted as
+Docker scopes them, and its torch step, its build-time checks and its entrypoint run here with
+stand-ins for pip and wafl. Each service (and the commands its image runs as a job: `wafl attest`,
+`wafl ceremony`) is imported with its image's left-out packages blocked, so a service that starts
+importing one fails here rather than in a container. The chain image of docker-compose
+(deploy/docker/chain.Dockerfile) is checked too."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.deploy_helpers import DEPLOY, ROOT, SERVICES
+from tests.support.deploy_helpers import DEPLOY, ROOT, SERVICES, Image, image
 
 # Distribution -> top-level modules it provides (for blocking them in the import check).
 MODULES = {
@@ -35,47 +42,189 @@ EXTRA_MODULES = {
     "prover": ["wafl.zk.native_prover", "wafl.zk.ceremony", "wafl.chain.attest", "wafl.zk.keys"],
     "submitter": ["wafl.chain.attest", "wafl.zk.keys"],
 }
+SHARED_DOCKERFILE = DEPLOY / "docker" / "service.Dockerfile"
+CPU_INDEX = "--index-url https://download.pytorch.org/whl/cpu"
+# Docker substitutes build arguments in these instructions' text; a RUN sees them in its environment
+# (the same here). ENTRYPOINT, CMD and HEALTHCHECK run in the container, which has no build arguments.
+SUBSTITUTED = {"ADD", "COPY", "ENV", "EXPOSE", "LABEL", "RUN", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR"}
 
 
-def dockerfile(service: str) -> str:
-    return (ROOT / "services" / service / "Dockerfile").read_text()
+@dataclasses.dataclass(frozen=True)
+class Instruction:
+    stage: str  # the stage's name; "runtime" for the unnamed last one, "" before the first FROM
+    keyword: str
+    raw: str  # as written, continuation lines joined
+    text: str  # with the build arguments substituted
 
 
-def left_out(text: str) -> set[str]:
-    """The distributions a Dockerfile leaves out (its requirements.py --without list)."""
-    found = re.findall(r"requirements\.py --without ([\w,.-]+)", text)
+def _logical_lines(text: str) -> Iterator[tuple[str, str]]:
+    """(KEYWORD, arguments) per instruction: comments dropped, continuation lines joined."""
+    pending = ""
+    for line in text.splitlines():
+        if line.lstrip().startswith("#") or not (pending or line.strip()):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        keyword, _, arguments = (pending + line).strip().partition(" ")
+        pending = ""
+        yield keyword.upper(), arguments.strip()
+
+
+def instructions(built: Image) -> list[Instruction]:
+    """The image's instructions with its build arguments substituted as Docker scopes them: an ARG
+    is seen from its declaration in the stage on, valued as compose passes it, else by its default;
+    a build argument the stage does not declare is empty there."""
+    passed = dict(built.args)
+    found: list[Instruction] = []
+    stage, scope = "", dict[str, str]()
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        return scope.get(name, "" if name in passed else match.group(0))
+
+    for keyword, raw in _logical_lines(built.text):
+        if keyword == "FROM":
+            named = re.search(r"\sAS\s+(\S+)$", raw, re.I)
+            stage, scope = (named.group(1) if named else "runtime"), {}
+        elif keyword == "ARG":
+            name, _, default = raw.partition("=")
+            scope[name] = passed.get(name, default)
+        text = re.sub(r"\$\{(\w+)\}|\$(\w+)", substitute, raw) if keyword in SUBSTITUTED else raw
+        found.append(Instruction(stage, keyword, raw, text))
+    return found
+
+
+def runs(built: Image) -> list[str]:
+    return [i.text for i in instructions(built) if i.keyword == "RUN"]
+
+
+def runtime_env(built: Image) -> dict[str, str]:
+    """The environment the image's containers start with (its last stage's ENV)."""
+    env = {}
+    for instruction in instructions(built):
+        if instruction.stage == "runtime" and instruction.keyword == "ENV":
+            for word in shlex.split(instruction.text):
+                name, equals, value = word.partition("=")
+                assert equals, f"ENV {instruction.raw}: write NAME=value"
+                env[name] = value
+    return env
+
+
+def left_out(service: str) -> set[str]:
+    """The distributions an image leaves out (the --without list of its requirements.py calls)."""
+    found = [m for run in runs(image(service)) for m in re.findall(r'requirements\.py .*?--without "?([^"\s]*)', run)]
     assert found, "the Dockerfile must install its requirements with deploy/docker/requirements.py --without"
+    assert all(found), "an empty --without list: is the build argument declared in its stage?"
     return {name for group in found for name in group.split(",")}
 
 
+def stand_ins(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose PATH has stand-ins for wafl and pip, which log their argv to the file
+    returned, and this interpreter as python."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.jsonl"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("wafl", "pip"):
+        (bin_dir / name).write_text(f"#!{sys.executable}\nimport json, sys\n"
+                                    f"open({str(log)!r}, 'a').write(json.dumps([{name!r}, *sys.argv[1:]]) + '\\n')\n")
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+    for stand_in in bin_dir.iterdir():
+        stand_in.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, log
+
+
+def calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def sh(command: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A RUN instruction's command, from the repository root (the build stage's /src holds the same files)."""
+    return subprocess.run(["/bin/sh", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("service", SERVICES)
-def test_image_is_non_root_with_a_health_check_and_runs_its_service(service: str) -> None:
-    text = dockerfile(service)
+def test_compose_passes_the_build_arguments_its_dockerfile_declares(service: str) -> None:
+    built = image(service)
+    declared: dict[str, bool] = {}  # name -> has a default
+    for instruction in instructions(built):
+        if instruction.keyword == "ARG":
+            name, equals, _ = instruction.raw.partition("=")
+            declared[name] = declared.get(name, False) or bool(equals)
+    passed = set(dict(built.args))
+    assert passed <= set(declared), f"{service}: {sorted(passed - set(declared))} are not build arguments"
+    assert {name for name, default in declared.items() if not default} <= passed, f"{service}: an argument is missing"
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_image_is_non_root_with_a_health_check(service: str) -> None:
+    text = image(service).text
     runtime = text.split("\nFROM ")[-1]  # the final stage
     assert re.search(r"^USER 10001(:10001)?$", runtime, re.M), "the runtime stage must run as a non-root user"
     assert "HEALTHCHECK" in runtime and "/metrics" in runtime
-    assert f'ENTRYPOINT ["wafl", "run", "{service}"]' in runtime
-    assert "WAFL_METRICS_PORT=9100" in runtime
+    env = runtime_env(image(service))
+    assert env["WAFL_METRICS_PORT"] == "9100" and env["WAFL_HOME"] == "/app"
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\}", runtime, re.M) or runtime.startswith("${PYTHON_IMAGE}")
     assert "ARG PYTHON_IMAGE=python:3.11-slim" in text
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_torch_only_where_it_is_needed_and_cpu_only(service: str) -> None:
-    text = dockerfile(service)
-    excluded = left_out(text)
+def test_image_runs_its_service(service: str, tmp_path: Path) -> None:
+    built = image(service)
+    entrypoints = [i for i in instructions(built) if i.stage == "runtime" and i.keyword == "ENTRYPOINT"]
+    assert entrypoints, "the runtime stage needs an ENTRYPOINT"
+    env, log = stand_ins(tmp_path)
+    container_env = {**runtime_env(built), "PATH": env["PATH"]}  # no build argument reaches a container
+    for extra in ([], ["--settings", "/etc/wafl/settings.yml"]):
+        subprocess.run([*json.loads(entrypoints[-1].text), *extra], env=container_env, check=True, timeout=60)
+    assert calls(log) == [["wafl", "run", service], ["wafl", "run", service, "--settings", "/etc/wafl/settings.yml"]]
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_torch_only_where_it_is_needed_and_cpu_only(service: str, tmp_path: Path) -> None:
+    excluded = left_out(service)
+    env, log = stand_ins(tmp_path)
+    for run in runs(image(service)):
+        if "--only torch" in run:
+            proc = sh(run, env)
+            assert proc.returncode == 0, proc.stderr
+    installs = calls(log)
     if service in WITH_TORCH:
         assert "torch" not in excluded
-        assert "--index-url https://download.pytorch.org/whl/cpu" in text
-        assert 'requirements.py --only torch' in text  # the version is pyproject's pin
+        pin = subprocess.run([sys.executable, str(DEPLOY / "docker" / "requirements.py"), "--only", "torch"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        # pyproject's pin, from the CPU index, before the other requirements
+        assert installs == [["pip", "install", pin, *CPU_INDEX.split()]]
     else:
         assert {"torch", "scikit-learn", "numpy"} <= excluded
-        assert "pytorch" not in text
+        assert installs == []
+
+
+def test_the_shared_image_builds_only_the_python_service_it_is_given(tmp_path: Path) -> None:
+    """service.Dockerfile's build-time checks: SERVICE names a service of the registry the image
+    can import (not the prover, which has its own image); without it the build fails."""
+    users = [s for s in SERVICES if image(s).dockerfile == SHARED_DOCKERFILE]
+    assert set(users) == set(SERVICES) - {"prover"}
+    env, _ = stand_ins(tmp_path)
+
+    def build_checks(built: Image) -> int:
+        for instruction in instructions(built):
+            if instruction.keyword == "RUN" and "SERVICE" in instruction.raw:
+                proc = sh(instruction.text, env)
+                if proc.returncode:
+                    return proc.returncode
+        return 0
+
+    for service in users:
+        assert build_checks(image(service)) == 0, service
+    submitter = image("submitter")
+    for wrong in ("prover", "trainr", None):
+        args = tuple((k, v) for k, v in submitter.args if k != "SERVICE") + ((("SERVICE", wrong),) if wrong else ())
+        assert build_checks(dataclasses.replace(submitter, args=args)) != 0, f"SERVICE={wrong} builds"
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_imports_nothing_its_image_leaves_out(service: str) -> None:
-    blocked = sorted(m for dist in left_out(dockerfile(service)) for m in MODULES.get(dist, [dist]))
+    blocked = sorted(m for dist in left_out(service) for m in MODULES.get(dist, [dist]))
     script = textwrap.dedent(f"""
         import importlib.abc, sys
         BLOCKED = {blocked!r}
@@ -100,6 +249,9 @@ def test_requirements_script_leaves_out_and_refuses_unknown_names() -> None:
     assert not any(line.startswith(("torch", "scikit-learn")) for line in out)
     assert any(line.startswith("web3") for line in out)
     assert run("--only", "torch").stdout.strip().startswith("torch==")
+    assert run("--only", "torch", "--without", "rich").stdout.strip().startswith("torch==")
+    left = run("--only", "torch", "--without", "torch,numpy")
+    assert left.returncode == 0 and left.stdout == "", "--only prints nothing --without leaves out"
     bad = run("--without", "tensorflow")
     assert bad.returncode != 0 and "tensorflow" in bad.stderr
 
@@ -144,7 +296,7 @@ def _lock_closure(*packages: str) -> set[str]:
 def _prover_node_packages() -> list[str]:
     """The node_modules directories the prover image's node-deps stage copies (its cp list)."""
     match = re.search(r"cp -a --parents((?:\s|\\)+(?:[@\w./-]+(?:\s|\\)+)+)/prover/node_modules/",
-                      dockerfile("prover"))
+                      image("prover").text)
     assert match, "the node-deps stage must copy its packages with `cp -a --parents ... /prover/node_modules/`"
     return match.group(1).replace("\\", " ").split()
 
@@ -160,7 +312,7 @@ def _stages(text: str) -> dict[str, str]:
 
 
 def test_prover_image_carries_node_20_and_the_locked_zokrates_js_and_snarkjs_only() -> None:
-    text = dockerfile("prover")
+    text = image("prover").text
     assert "ARG NODE_IMAGE=node:20-" in text
     assert "COPY package.json package-lock.json ./" in text and "npm ci --omit=dev" in text
     packages = _prover_node_packages()
@@ -190,7 +342,7 @@ def test_circuit_scripts_import_only_what_the_prover_image_carries() -> None:
 
 
 def test_prover_image_carries_compiled_circuits_but_no_keys() -> None:
-    text = dockerfile("prover")
+    text = image("prover").text
     stages = _stages(text)
     circuits, runtime = stages["circuits"], stages["runtime"]
     # Compiled circuits only (program, abi, r1cs): no setup at image build time.
@@ -208,7 +360,7 @@ def test_prover_image_carries_compiled_circuits_but_no_keys() -> None:
 
 def test_prover_image_installs_groth16py() -> None:
     script = DEPLOY / "docker" / "requirements.py"
-    excluded = ",".join(sorted(left_out(dockerfile("prover"))))
+    excluded = ",".join(sorted(left_out("prover")))
     out = subprocess.run([sys.executable, str(script), "--without", excluded], capture_output=True, text=True,
                          check=True).stdout.split()
     assert any(line.startswith("groth16py==") for line in out), "the prover proves with groth16py"

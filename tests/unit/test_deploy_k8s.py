@@ -15,15 +15,27 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
-from tests.support.deploy_helpers import DEPLOY, K8S, OVERLAYS, SERVICES, by_kind, kubectl, named, render_overlay
+from tests.support.deploy_helpers import (
+    DEPLOY,
+    K8S,
+    OVERLAYS,
+    SERVICES,
+    by_kind,
+    dns_name,
+    kubectl,
+    named,
+    render_overlay,
+)
 
 pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl is not installed (needed to render overlays)")
 
 # Kubernetes versions the manifests must be valid for: the oldest we support and the newest schema.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
 CUSTOM_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
-DEPLOYMENTS = {f"wafl-{s.replace('_', '-')}": s for s in SERVICES}
+# The Deployments of an organisation: one per service of the registry (services.SERVICE_NAMES).
+DEPLOYMENTS = {f"wafl-{dns_name(s)}": s for s in SERVICES}
 # Each organisation's one-shot steps: kustomizations of their own under its overlay, applied when
 # their turn comes (a Job runs once and its pod template cannot change: not part of the overlay).
 STEPS = ("ceremony", "attest")
@@ -85,8 +97,8 @@ def _strict(node: Any) -> Any:
 def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
     """(apiVersion, kind) -> strict JSON schema, from the CRD-generated cloudcoil models
     (cloudcoil-models-keda 2.16.1, cloudcoil-models-prometheus-operator 0.80.1)."""
-    keda = pytest.importorskip("cloudcoil.models.keda.v1alpha1")
-    monitoring = pytest.importorskip("cloudcoil.models.prometheus_operator.v1")
+    from cloudcoil.models.keda import v1alpha1 as keda
+    from cloudcoil.models.prometheus_operator import v1 as monitoring
     models = {
         ("keda.sh/v1alpha1", "ScaledObject"): keda.ScaledObject,
         ("keda.sh/v1alpha1", "TriggerAuthentication"): keda.TriggerAuthentication,
@@ -174,10 +186,25 @@ def test_prover_drains_its_job_within_the_grace_period(org: str) -> None:
 
 
 @pytest.mark.parametrize("org", OVERLAYS)
+def test_the_deployments_are_the_registrys_services_each_from_its_own_image(org: str) -> None:
+    """Exactly one Deployment per service of services.SERVICE_NAMES, each running its image's
+    entrypoint (`wafl run <service>`, test_deploy_images.py) from the image the overlay renames: a
+    wafl/<service> image it left alone would be pulled from Docker Hub."""
+    docs = render_overlay(org)
+    assert {d["metadata"]["name"] for d in by_kind(docs, "Deployment")} == set(DEPLOYMENTS)
+    overlay = yaml.safe_load((K8S / "overlays" / org / "kustomization.yaml").read_text())
+    renamed = {i["name"]: f"{i['newName']}:{i['newTag']}" for i in overlay["images"] if i["name"].startswith("wafl/")}
+    assert set(renamed) == {f"wafl/{dns_name(s)}" for s in SERVICES}
+    for name, service in DEPLOYMENTS.items():
+        (container,) = named(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        assert container["image"] == renamed[f"wafl/{dns_name(service)}"], name
+        assert "command" not in container and "args" not in container, f"{name} must run its image's entrypoint"
+
+
+@pytest.mark.parametrize("org", OVERLAYS)
 def test_every_workload_has_resources_probes_and_runs_unprivileged(org: str) -> None:
     docs = render_overlay(org)
     workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
-    assert {d["metadata"]["name"] for d in by_kind(docs, "Deployment")} == set(DEPLOYMENTS)
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
         name = workload["metadata"]["name"]

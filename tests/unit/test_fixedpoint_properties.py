@@ -1,8 +1,10 @@
 """Property tests: the torch trainer against the plain-Python reference, packing and FedAvg.
 
 The reference (wafl.core.fixedpoint) is the definition of the arithmetic (docs/design.md section 2); the
-torch trainer must reproduce it bit for bit over random valid configurations, including the
-cases where the reference refuses (inputs out of range, weights leaving the lane range).
+torch trainer must reproduce it bit for bit over random valid configurations and random and
+extreme data, including the cases where the reference refuses (inputs out of range). The step
+is bounded: on in-range inputs it never fails, no weight moves by more than the configured
+bound and every weight stays in its lane.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 
 from services.trainer.core import TorchFixedPointTrainer, floor_shift, one_hot, quantize_features
 from wafl.core.config import FIELD_SAFE_BITS, ModelConfig, load_config, named_configs
-from wafl.core.fixedpoint import FixedPointRangeError, Weights, fedavg, train_step
+from wafl.core.fixedpoint import FixedPointRangeError, Weights, bounded_update, fedavg, train_step
 from wafl.core.packing import LaneOutOfRangeError, lane_offset, pack, unpack
 
 PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -34,19 +36,24 @@ def random_configs(draw: st.DrawFn, small: bool = True) -> ModelConfig:
     """A configuration the validator accepts, from wide ranges of every knob."""
     data_bits = draw(st.integers(2, 48))
     weight_bits = draw(st.integers(2, 48))
+    local_steps = draw(st.integers(1, 3))
+    # The bound: omitted (its default), or any power of two the validator takes, small ones
+    # (clipping nearly every step) as often as wide ones.
+    bound = draw(st.one_of(st.none(), st.integers((local_steps - 1).bit_length(), weight_bits).map(lambda k: 1 << k)))
     try:
         cfg = ModelConfig(
             name="hyp",
             d_in=draw(st.integers(1, 5 if small else 64)),
             d_out=draw(st.integers(1, 4 if small else 16)),
             batch=draw(st.integers(1, 5 if small else 32)),
-            local_steps=draw(st.integers(1, 3)),
+            local_steps=local_steps,
             frac_bits=draw(st.integers(1, min(32, data_bits - 1))),
             lr_shift=draw(st.one_of(st.integers(0, 6), st.integers(0, 48))),
             weight_bits=weight_bits,
             data_bits=data_bits,
             target_bits=draw(st.integers(1, 32)),
             max_participants=draw(st.one_of(st.integers(1, 20), st.integers(1, 1 << 16))),
+            **({} if bound is None else {"max_weight_change": bound}),
         )
     except ValueError:
         assume(False)
@@ -112,6 +119,35 @@ def problems(
     return cfg, Weights(w=w, b=b), x, y
 
 
+@st.composite
+def extreme_problems(
+    draw: st.DrawFn, cfg_strategy: st.SearchStrategy[ModelConfig] = configs
+) -> tuple[ModelConfig, Weights, Matrix, Matrix]:
+    """Data at the ends of its range (the largest |X|), targets at 0 or target_max chosen against
+    the weights' sign (the largest error), weights at the lane bounds, near them or random."""
+    cfg = draw(cfg_strategy)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    ends = np.array([cfg.data_min, cfg.data_max], dtype=object)
+    x = ends[rng.integers(0, 2, size=(cfg.batch, cfg.d_in))]
+    if draw(st.booleans()):  # one outlier row: every feature at the same end
+        x[rng.integers(0, cfg.batch)] = ends[rng.integers(0, 2)]
+    weights = draw(st.sampled_from(["bounds", "max", "min", "zero", "random"]))
+    lanes = np.array([cfg.weight_min, cfg.weight_max], dtype=object)
+    flat = {
+        "bounds": lambda: lanes[rng.integers(0, 2, size=cfg.n_weights)],
+        "max": lambda: np.full(cfg.n_weights, cfg.weight_max, dtype=object),
+        "min": lambda: np.full(cfg.n_weights, cfg.weight_min, dtype=object),
+        "zero": lambda: np.zeros(cfg.n_weights, dtype=object),
+        "random": lambda: np.array([int(v) for v in rng.integers(cfg.weight_min, cfg.weight_max, cfg.n_weights,
+                                                                   endpoint=True, dtype=np.int64)], dtype=object),
+    }[weights]()
+    w = Weights.from_flat(cfg, [int(v) for v in flat])
+    # Adversarial targets: target_max where the forward pass is negative, 0 where it is positive.
+    forward = x.dot(np.array(w.w, dtype=object).T)
+    y = np.where(forward < 0, cfg.target_max, 0) if draw(st.booleans()) else np.where(forward < 0, 0, cfg.target_max)
+    return cfg, w, [[int(v) for v in row] for row in x], [[int(v) for v in row] for row in y]
+
+
 def outcome(fn: Callable[..., Weights], *args: object) -> Weights | str:
     """The result, or the FixedPointRangeError message (which names tensor, index and value)."""
     try:
@@ -139,12 +175,50 @@ def test_floor_shift_examples() -> None:
         floor_shift(t, -1)
 
 
+def unbounded_steps(cfg: ModelConfig, weights: Weights, x: Matrix, y: Matrix) -> list[list[int]]:
+    """Each local step's flat weights with the change neither clipped nor saturated (the step as
+    it was before the bound), each step starting from the previous one."""
+    f, s = cfg.frac_bits, cfg.lr_shift
+    w, b, out = [r[:] for r in weights.w], weights.b[:], []
+    for _ in range(cfg.local_steps):
+        err = [[(sum(x[i][j] * w[k][j] for j in range(cfg.d_in)) >> f) + b[k] - (y[i][k] << f)
+                for k in range(cfg.d_out)] for i in range(cfg.batch)]
+        w = [[w[k][j] - (sum(err[i][k] * x[i][j] for i in range(cfg.batch)) >> (f + s)) for j in range(cfg.d_in)]
+             for k in range(cfg.d_out)]
+        b = [b[k] - (sum(err[i][k] for i in range(cfg.batch)) >> s) for k in range(cfg.d_out)]
+        out.append([v for r in w for v in r] + b)
+    return out
+
+
+def check_bounded(cfg: ModelConfig, weights: Weights, x: Matrix, y: Matrix, new: Weights) -> str:
+    """The bound's promises: lanes, |change| <= B, and the bound only bites when it must.
+    Returns whether it bit (an event for hypothesis' statistics)."""
+    before, after = weights.flat(), new.flat()
+    assert all(cfg.weight_min <= v <= cfg.weight_max for v in after)
+    assert all(abs(a - b) <= cfg.max_weight_change for a, b in zip(after, before, strict=True))
+    unbounded = unbounded_steps(cfg, weights, x, y)
+    if cfg.local_steps == 1:
+        # One step: the bounded change goes the same way as the unbounded one, no further.
+        for old, free, got in zip(before, unbounded[0], after, strict=True):
+            assert min(old, free) <= got <= max(old, free)
+    previous, honest = before, True
+    for step in unbounded:
+        bound = cfg.step_change_bound
+        honest &= all(-bound <= p - v < bound and cfg.weight_min <= v <= cfg.weight_max
+                      for p, v in zip(previous, step, strict=True))
+        previous = step
+    if honest:
+        assert after == unbounded[-1]
+    return "neither active" if honest else "clip or saturation active"
+
+
 @settings(PROPS, max_examples=500)
 @given(problems())
 def test_torch_step_matches_reference(problem: tuple[ModelConfig, Weights, Matrix, Matrix]) -> None:
     cfg, weights, x, y = problem
     expected = outcome(train_step, cfg, weights, x, y)
-    event("reference raised" if isinstance(expected, str) else "reference trained")
+    assert isinstance(expected, Weights), expected  # in-range inputs: the bounded step never fails
+    event(check_bounded(cfg, weights, x, y, expected))
     trainer = TorchFixedPointTrainer(cfg)
     assert outcome(trainer.step, weights, x, y) == expected
     # Tensor and numpy inputs take the tensor path of the checks and must agree as well.
@@ -158,8 +232,53 @@ def test_torch_step_matches_reference(problem: tuple[ModelConfig, Weights, Matri
 def test_bundled_configs_match_reference(problem: tuple[ModelConfig, Weights, Matrix, Matrix]) -> None:
     cfg, weights, x, y = problem
     expected = outcome(train_step, cfg, weights, x, y)
-    event("reference raised" if isinstance(expected, str) else "reference trained")
+    assert isinstance(expected, Weights), expected
+    event(check_bounded(cfg, weights, x, y, expected))
     assert outcome(TorchFixedPointTrainer(cfg).step, weights, x, y) == expected
+
+
+@settings(PROPS, max_examples=300)
+@given(st.one_of(extreme_problems(), extreme_problems(st.sampled_from(BUNDLED))))
+def test_extreme_data_is_bounded_and_matches(problem: tuple[ModelConfig, Weights, Matrix, Matrix]) -> None:
+    """The largest |X|, adversarial targets, weights at their lane bounds: the step still trains
+    (no FixedPointRangeError), stays bounded and in its lanes, and torch agrees bit for bit."""
+    cfg, weights, x, y = problem
+    expected = train_step(cfg, weights, x, y)
+    event(check_bounded(cfg, weights, x, y, expected))
+    assert TorchFixedPointTrainer(cfg).step(weights, torch.tensor(x), np.array(y)) == expected
+
+
+@PROPS
+@given(configs, st.data())
+def test_bounded_update_is_clip_then_saturate(cfg: ModelConfig, data: st.DataObject) -> None:
+    weight = data.draw(ranged(cfg.weight_min, cfg.weight_max))
+    bound = cfg.step_change_bound
+    decrement = data.draw(st.one_of(ranged(-4 * bound, 4 * bound, extra=(-bound - 1, bound - 1, bound)),
+                                    st.integers(-(1 << 70), 1 << 70)))
+    new = bounded_update(cfg, weight, decrement)
+    assert cfg.weight_min <= new <= cfg.weight_max
+    assert -bound < new - weight <= bound  # the decrement is saturated to [-B_step, B_step - 1]
+    if -bound <= decrement < bound and cfg.weight_min <= weight - decrement <= cfg.weight_max:
+        assert new == weight - decrement  # neither clipped nor saturated
+    w = torch.tensor([weight], dtype=torch.int64)
+    if -(1 << 62) < decrement < 1 << 62:
+        got = TorchFixedPointTrainer(cfg)._bounded(w, torch.tensor([decrement], dtype=torch.int64))
+        assert got.tolist() == [new]
+
+
+def test_bounded_update_examples() -> None:
+    """B_step = 16, lane [-128, 127]: the decrement is saturated to [-16, 15], then the weight."""
+    cfg = ModelConfig(name="hyp", d_in=1, d_out=1, batch=1, frac_bits=4, lr_shift=0, weight_bits=8, data_bits=8)
+    assert cfg.step_change_bound == 16
+    cases = [
+        (0, 5, -5),  # neither
+        (0, 15, -15), (0, 16, -15), (0, 24066, -15),  # a large decrement: the weight falls by 15
+        (0, -16, 16), (0, -17, 16), (0, -(1 << 40), 16),  # rises by at most 16
+        (120, -16, 127), (-120, 15, -128),  # saturated into the lane
+        (127, -1, 127), (-128, 1, -128),  # at the bound, pushed further: stays
+    ]
+    for weight, decrement, expected in cases:
+        assert bounded_update(cfg, weight, decrement) == expected, (weight, decrement)
 
 
 @PROPS
@@ -189,16 +308,17 @@ def test_out_of_range_inputs_refused_like_reference(
         assert outcome(trainer.step, weights, torch.tensor(x), torch.tensor(y)) == expected
 
 
-def test_weights_leaving_lane_range_raise_in_both() -> None:
+def test_a_step_that_would_leave_the_lanes_is_clipped_in_both() -> None:
+    """B_step = 16 (the default 2^F). err = (2 * 127 * 127 >> 4, (127 * 127 + 127) >> 4) = (2016,
+    1016); the decrements 24066, 16065 (W) and 3032 (b) would take every weight far out of its
+    lane [-128, 127] (the step was unprovable before the bound); each is clipped to 15."""
     cfg = ModelConfig(name="hyp", d_in=2, d_out=1, batch=2, frac_bits=4, lr_shift=0, weight_bits=8, data_bits=8)
     weights = Weights(w=[[cfg.weight_max, cfg.weight_max]], b=[0])
     x = [[cfg.data_max, cfg.data_max], [cfg.data_max, 1]]
     y = [[0], [0]]
-    with pytest.raises(FixedPointRangeError, match=r"^updated weights\[0\] = ") as ref:
-        train_step(cfg, weights, x, y)
-    with pytest.raises(FixedPointRangeError) as got:
-        TorchFixedPointTrainer(cfg).step(weights, x, y)
-    assert str(got.value) == str(ref.value)
+    expected = Weights(w=[[112, 112]], b=[-15])
+    assert train_step(cfg, weights, x, y) == expected
+    assert TorchFixedPointTrainer(cfg).step(weights, x, y) == expected
 
 
 def test_hand_computed_step_floors_negatives() -> None:
@@ -214,21 +334,32 @@ def test_hand_computed_step_floors_negatives() -> None:
     assert TorchFixedPointTrainer(cfg).step(weights, x, y) == expected
 
 
-def test_every_local_step_is_range_checked() -> None:
-    """F = 2, s = 0, x = 8 (2.0), y = 1: the learning rate overshoots. Step 1 gives W = 8,
-    b = 4 (in [-16, 15]); step 2 gives err = (64 >> 2) + 4 - 4 = 16, W = 8 - 32 = -24: out."""
+def test_every_local_step_is_bounded() -> None:
+    """F = 2, s = 0, x = 8 (2.0), y = 1, lanes [-16, 15], B = 32. One step (B_step = 32): W = 8,
+    b = 4. Two steps (B_step = 16): step 1 as before; the learning rate overshoots, step 2 has
+    err = (64 >> 2) + 4 - 4 = 16 and decrements 32 (W) and 16 (b), clipped to 15: W = -7, b = -11
+    (unbounded, W would be -24, outside its lane, and the step unprovable)."""
     base: dict[str, Any] = dict(
-        name="hyp", d_in=1, d_out=1, batch=1, frac_bits=2, lr_shift=0, weight_bits=5, data_bits=5
+        name="hyp", d_in=1, d_out=1, batch=1, frac_bits=2, lr_shift=0, weight_bits=5, data_bits=5,
+        max_weight_change=32,
     )
     one, two = ModelConfig(**base, local_steps=1), ModelConfig(**base, local_steps=2)
+    assert (one.step_change_bound, two.step_change_bound) == (32, 16)
     weights, x, y = Weights(w=[[0]], b=[0]), [[8]], [[1]]
-    assert train_step(one, weights, x, y) == Weights(w=[[8]], b=[4])
-    assert TorchFixedPointTrainer(one).step(weights, x, y) == Weights(w=[[8]], b=[4])
-    message = r"^updated weights\[0\] = -24 is outside \[-16, 15\]$"
-    with pytest.raises(FixedPointRangeError, match=message):
-        train_step(two, weights, x, y)
-    with pytest.raises(FixedPointRangeError, match=message):
-        TorchFixedPointTrainer(two).step(weights, x, y)
+    for cfg, expected in ((one, Weights(w=[[8]], b=[4])), (two, Weights(w=[[-7]], b=[-11]))):
+        assert train_step(cfg, weights, x, y) == expected
+        assert TorchFixedPointTrainer(cfg).step(weights, x, y) == expected
+    assert unbounded_steps(two, weights, x, y) == [[8, 4], [-24, -12]]
+
+
+def test_a_step_is_saturated_into_its_lane() -> None:
+    """x = 8, y = 0, W = -14, B = 32: err = -112 >> 2 = -28, decrements -56 (clipped to -32) and
+    -28; W = -14 + 32 = 18 and b = 28 are saturated to 15."""
+    cfg = ModelConfig(name="hyp", d_in=1, d_out=1, batch=1, frac_bits=2, lr_shift=0, weight_bits=5, data_bits=5,
+                      max_weight_change=32)
+    weights, x, y = Weights(w=[[-14]], b=[0]), [[8]], [[0]]
+    assert train_step(cfg, weights, x, y) == Weights(w=[[15]], b=[15])
+    assert TorchFixedPointTrainer(cfg).step(weights, x, y) == Weights(w=[[15]], b=[15])
 
 
 def widest_config(d_in: int, batch: int) -> ModelConfig:
@@ -265,8 +396,9 @@ def test_extreme_inputs_at_the_int64_limit(d_in: int, batch: int) -> None:
         weights = Weights(w=[[w_val] * cfg.d_in for _ in range(cfg.d_out)], b=[b_val] * cfg.d_out)
         x = [[x_val] * cfg.d_in for _ in range(cfg.batch)]
         y = [[y_val] * cfg.d_out for _ in range(cfg.batch)]
-        expected = outcome(train_step, cfg, weights, x, y)
-        assert outcome(TorchFixedPointTrainer(cfg).step, weights, x, y) == expected
+        expected = train_step(cfg, weights, x, y)
+        check_bounded(cfg, weights, x, y, expected)
+        assert TorchFixedPointTrainer(cfg).step(weights, x, y) == expected
 
 
 def test_shape_errors_match_reference() -> None:

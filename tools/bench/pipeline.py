@@ -154,7 +154,7 @@ def _jobs(fed: Federation, org: str) -> list[ProverJob]:
     words = fed.aggregator.global_words()
     jobs = []
     for index, member in enumerate(fed.orgs):
-        data = load_org_data(cfg, cfg.dataset or "", index, len(fed.orgs))
+        data = load_org_data(cfg, cfg.dataset, index, len(fed.orgs))
         job, _ = RoundTrainer(cfg, data, org, member.account.address).train(1, words)
         jobs.append(job)
     assert all(len(unpack(cfg, j.update_words)) == cfg.n_weights for j in jobs)

@@ -15,7 +15,7 @@ import asyncio
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,20 +39,21 @@ from services.metrics.handlers import register as register_metrics
 from services.prover.handlers import ProverState
 from services.prover.handlers import register as register_prover
 from services.prover.proving import JobProver
-from services.submitter.core import Submitter
+from services.submitter.decisions import Submitter
 from services.submitter.handlers import SubmitterState
 from services.submitter.handlers import register as register_submitter
+from services.submitter.records import TxPolicy
 from services.trainer.handlers import TrainerState
 from services.trainer.handlers import register as register_trainer
-from services.trainer.rounds import RoundTrainer
+from services.trainer.rounds import RoundTrainer, UnprovableStepError
 from tools.localnet import delete_org_topology
 from tools.simulate.attack import Attack, MaliciousParticipant, Rejection, made_up_update
-from wafl.bus.messages import PUBLIC_MESSAGES, Message, ProofGenerated
+from wafl.bus.messages import PUBLIC_MESSAGES, Message, ProofGenerated, ProverJob, UpdateFailed
 from wafl.bus.service import Runtime, declare_topology, make_broker
 from wafl.bus.settings import DEFAULT_AMQP_URL, ServiceSettings
 from wafl.bus.topology import DEAD_LETTER_REASON, DEAD_LETTER_SERVICE, Topology
 from wafl.chain.aggregator import AggregatorClient
-from wafl.chain.anvil import Anvil, fund
+from wafl.chain.anvil import Anvil, fund, increase_time
 from wafl.chain.artifact import Deployment
 from wafl.chain.deploy import deploy
 from wafl.core.config import ModelConfig
@@ -105,6 +106,8 @@ class RoundRecord:
     round_seconds: float
     plain_fedavg_accuracy: float | None = None
     matches_reference: bool = True
+    failed: list[str] = field(default_factory=list)
+    """One "org: reason: detail" per honest organisation that published update.failed."""
 
 
 @dataclass
@@ -119,6 +122,8 @@ class Progress:
 @dataclass
 class Observed:
     proof_seconds: dict[int, list[float]] = field(default_factory=dict)
+    failed: dict[int, dict[str, str]] = field(default_factory=dict)
+    """round -> participant (lower case) -> "org: reason: detail" of its update.failed."""
 
 
 class HonestOrg:
@@ -144,7 +149,9 @@ class HonestOrg:
         register_trainer(runtime("trainer"), TrainerState(RoundTrainer(cfg, data, name, account.address)))
         register_prover(runtime("prover"), ProverState(JobProver(cfg, worker, name)))
         submitter_runtime = runtime("submitter")
-        submitter = Submitter(AggregatorClient(w3, deployment), account, redis, submitter_runtime.key(), name)
+        # Confirmations 0, as for the watcher below: anvil here mines each transaction at once.
+        submitter = Submitter(AggregatorClient(w3, deployment), account, redis, submitter_runtime.key(), name,
+                              TxPolicy(confirmations=0))
         register_submitter(submitter_runtime, SubmitterState(submitter))
         self.book = MetricsBook(CollectorRegistry(), cfg, data)
         register_metrics(runtime("metrics"), MetricsState(self.book))
@@ -165,6 +172,13 @@ class HonestOrg:
             reason = str(message.headers.get(DEAD_LETTER_REASON, "?"))
             service = str(message.headers.get(DEAD_LETTER_SERVICE, "?"))
             log.warning("dead_lettered", org=self.name, service=service, reason=reason)
+            if service == "prover":  # a job that cannot be proven: this organisation has no update
+                try:
+                    job = ProverJob.model_validate_json(message.body)
+                except ValueError:
+                    return
+                sink(self.name, UpdateFailed(org=self.name, round=job.round, participant=job.participant,
+                                             reason="unprovable_job", detail=reason))
 
         self.broker.subscriber(dead, self.topology.dead_letter_exchange, title="simulate: dead letters")(on_dead_letter)
 
@@ -272,6 +286,9 @@ class Simulation:
         if isinstance(event, ProofGenerated):
             seconds = event.proof_seconds + event.witness_seconds
             self.observed.proof_seconds.setdefault(event.round, []).append(seconds)
+        if isinstance(event, UpdateFailed):
+            failures = self.observed.failed.setdefault(event.round, {})
+            failures.setdefault(event.participant.lower(), f"{org}: {event.reason}: {event.detail}".rstrip(": "))
         self.progress.on_event(org, event)
 
     async def _rounds(self, aggregator: AggregatorClient, honest: list[HonestOrg],
@@ -288,26 +305,47 @@ class Simulation:
             rejected = 0
             for attacker in attackers:
                 # Honest rounds leave the chain at the reference model: the attackers' starting point.
-                made_up = made_up_update(cfg, plan.attack, reference, honest_updates[0], rng)
+                made_up = made_up_update(cfg, plan.attack, reference, _first(honest_updates, reference), rng)
                 rejection = await asyncio.to_thread(attacker.submit, round_id, made_up, pack(cfg, made_up.flat()))
                 if rejection is not None:
                     rejected += 1
                     self.rejections.append(rejection)
             await self._wait_for_round(aggregator, round_id)
-            reference = fedavg(cfg, honest_updates)
+            # The chain averages the updates it accepted: the honest ones of organisations that did not fail.
+            failed = self.observed.failed.get(round_id, {})
+            accepted = [u for org, u in zip(honest, honest_updates, strict=True)
+                        if u is not None and org.account.address.lower() not in failed]
+            reference = fedavg(cfg, accepted) if accepted else reference
             if attackers:  # the trusting baseline only means something beside poisoned updates
-                plain_updates = [_update(cfg, t, round_id, pack(cfg, plain.flat())) for t in trainers]
-                poisoned = [made_up_update(cfg, plan.attack, plain, plain_updates[0], rng) for _ in attackers]
+                trained = [_update(cfg, t, round_id, pack(cfg, plain.flat())) for t in trainers]
+                plain_updates = [u for u in trained if u is not None]
+                poisoned = [made_up_update(cfg, plan.attack, plain, _first(plain_updates, plain), rng)
+                            for _ in attackers]
                 plain = fedavg(cfg, plain_updates + poisoned)
             self.records.append(await self._record(aggregator, round_id, started, rejected, reference, plain))
             self.progress.on_round(self.records[-1])
 
     async def _wait_for_round(self, aggregator: AggregatorClient, round_id: int) -> None:
         deadline = time.monotonic() + self.plan.round_timeout
-        while (await asyncio.to_thread(aggregator.current_round)).round <= round_id:
+        at_deadline = False
+        while (state := await asyncio.to_thread(aggregator.current_round)).round <= round_id:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"round {round_id} was not finalised within {self.plan.round_timeout:.0f}s")
+            if not at_deadline and await asyncio.to_thread(self._only_failures_left, aggregator, round_id,
+                                                           state.accepted):
+                # The quorum is every honest organisation, so a round with a failed update closes at
+                # its deadline: move the chain's clock there; the submitters finalise it.
+                latest = int(aggregator.w3.eth.get_block("latest")["timestamp"])
+                await asyncio.to_thread(increase_time, aggregator.w3, max(1, state.deadline - latest + 1))
+                at_deadline = True
             await asyncio.sleep(0.2)
+
+    def _only_failures_left(self, aggregator: AggregatorClient, round_id: int, accepted: int) -> bool:
+        """Every honest organisation's update is accepted or failed, and at least one failed."""
+        submitted = aggregator.contract.functions.hasSubmitted
+        failed = [p for p in self.observed.failed.get(round_id, {})
+                  if not submitted(Web3.to_checksum_address(p)).call()]
+        return bool(failed) and accepted + len(failed) >= self.plan.honest
 
     async def _record(self, aggregator: AggregatorClient, round_id: int, started: float, rejected: int,
                       reference: Weights, plain: Weights) -> RoundRecord:
@@ -330,12 +368,22 @@ class Simulation:
             round_seconds=time.monotonic() - started,
             plain_fedavg_accuracy=plain_accuracy,
             matches_reference=model.flat() == reference.flat(),
+            failed=sorted(self.observed.failed.get(round_id, {}).values()),
         )
 
 
-def _update(cfg: ModelConfig, trainer: RoundTrainer, round_id: int, words: list[int]) -> Weights:
-    job, _ = trainer.train(round_id, words)
+def _update(cfg: ModelConfig, trainer: RoundTrainer, round_id: int, words: list[int]) -> Weights | None:
+    """The reference's update, or None when the organisation's step cannot be proven (its own
+    trainer publishes update.failed for it)."""
+    try:
+        job, _ = trainer.train(round_id, words)
+    except UnprovableStepError:
+        return None
     return Weights.from_flat(cfg, unpack(cfg, job.update_words))
+
+
+def _first(updates: Sequence[Weights | None], fallback: Weights) -> Weights:
+    return next((u for u in updates if u is not None), fallback)
 
 
 def _gas_of_accepted(aggregator: AggregatorClient, round_id: int) -> list[int]:

@@ -62,15 +62,20 @@ def summary(cfg: ModelConfig, data: FederationData, records: list[RoundRecord], 
 
 def table(records: list[RoundRecord], malicious: int) -> Table:
     grid = Table(title="WaFL federation, per round", header_style="bold")
+    failures = any(r.failed for r in records)
     for column in ("round", "accuracy", "loss", "accepted", "rejected", "proof s (median)", "gas / update",
                    "round s"):
         grid.add_column(column, justify="right")
+    if failures:
+        grid.add_column("failed", justify="right")
     if malicious:
         grid.add_column("plain FedAvg acc.", justify="right")
     for r in records:
         row = [str(r.round), f"{r.accuracy:.3f}", f"{r.loss:.4f}", str(r.accepted), str(r.rejected),
                "-" if r.median_proof_seconds is None else f"{r.median_proof_seconds:.2f}",
                "-" if r.gas_per_update is None else f"{r.gas_per_update:,.0f}", f"{r.round_seconds:.1f}"]
+        if failures:
+            row.append(str(len(r.failed)))
         if malicious:
             row.append("-" if r.plain_fedavg_accuracy is None else f"{r.plain_fedavg_accuracy:.3f}")
         grid.add_row(*row)
@@ -117,6 +122,9 @@ def print_results(console: Console, result: dict[str, Any], records: list[RoundR
         f"federated after {len(records)} rounds: {result['final_accuracy']:.3f} "
         f"(gap {result['gap_points']:+.1f} points); wall time {result['wall_seconds']:.0f}s"
     )
+    for r in records:
+        for failure in r.failed:
+            console.print(f"round {r.round}: no update from {failure}", highlight=False)
     if result["malicious"]:
         names = sorted({r["error"] for r in result["rejections"]})
         console.print(

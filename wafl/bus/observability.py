@@ -20,6 +20,12 @@ DUPLICATES_SKIPPED = Counter(
     ["service", "stage"],
 )
 
+# Histogram buckets, one definition for every service that records these quantities.
+GAS_BUCKETS = (50_000, 100_000, 200_000, 250_000, 300_000, 350_000, 400_000, 500_000, 750_000, 1_000_000, 2_000_000)
+"""Gas used by one transaction (submitUpdate, finalizeRound): wafl_tx_gas_used, wafl_submitter_gas_used."""
+SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300)
+"""Durations of a pipeline stage (training, witness + proof, queueing, submission), in seconds."""
+
 
 def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY) -> int:
     """Serve /metrics on ``port`` (0 picks a free one); returns the port."""

@@ -16,11 +16,14 @@ from faststream import FastStream
 from faststream.middlewares import AckPolicy
 from faststream.rabbit import RabbitBroker
 from faststream.rabbit.prometheus import RabbitPrometheusMiddleware
+from faststream.rabbit.publisher import RabbitPublisher
+from faststream.rabbit.subscriber import RabbitSubscriber
 from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 from web3 import HTTPProvider, Web3
 
 from wafl.bus.deadletter import BrokerRef, dead_letter_middleware
+from wafl.bus.messages import Message
 from wafl.bus.secrets import safe_url
 from wafl.bus.settings import ServiceSettings
 from wafl.bus.topology import SUBSCRIPTIONS, Topology
@@ -70,6 +73,20 @@ class Runtime:
     def key(self, *parts: object) -> str:
         """A Redis key private to this organisation and service."""
         return ":".join(["wafl", self.settings.org, self.service, *(str(p) for p in parts)])
+
+    def event_publisher(self, model: type[Message]) -> RabbitPublisher:
+        """Publishes ``model`` events, persistent, on the organisation's event exchange."""
+        return self.broker.publisher(
+            exchange=self.topology.events, routing_key=model.routing_key, schema=model, persist=True,
+            title=model.routing_key,
+        )
+
+    def event_subscriber(self, model: type[Message]) -> RabbitSubscriber:
+        """Consumes ``model`` events from this service's own queue of them (declared by the topology)."""
+        return self.broker.subscriber(
+            self.topology.service_queue(self.service, model.routing_key), self.topology.events,
+            title=f"{self.service}: {model.routing_key}",
+        )
 
 
 def make_broker(settings: ServiceSettings, service: str, graceful_timeout: float = 30.0) -> RabbitBroker:

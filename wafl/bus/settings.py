@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -17,8 +18,15 @@ from wafl.bus.secrets import register_url
 
 S = TypeVar("S", bound="ServiceSettings")
 
-# The machine's own broker, as a development default (services, `wafl tail`, `wafl simulate`).
+# The machine's own broker and Redis, as development defaults (services, `wafl tail`,
+# `wafl simulate`, the local federation and the tests).
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def with_path(url: str, path: str | int) -> str:
+    """``url`` with its path replaced: an AMQP virtual host, or a Redis database number."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + quote(str(path), safe="")))
 
 
 class SettingsError(ValueError):
@@ -30,7 +38,7 @@ class ServiceSettings(BaseSettings):
 
     org: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64, description="organisation id")
     amqp_url: SecretStr = SecretStr(DEFAULT_AMQP_URL)
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
     rpc_url: str = "http://127.0.0.1:8545"
     deployment: Path = Field(default=Path("deployments/local/deployment.json"), description="artifact file")
     metrics_port: int = Field(default=0, ge=0, le=65535, description="/metrics port; 0 picks a free one")

@@ -8,18 +8,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from wafl.core.paths import BUILD_DIR, CONTRACT_DIR, NODE, NODE_MODULES
+from wafl.core.paths import BUILD_DIR, CONTRACT_DIR, NODE, npm_version
 
 
 class ContractBuildError(RuntimeError):
     pass
-
-
-def _solc_version() -> str:
-    package = NODE_MODULES / "solc" / "package.json"
-    if not package.exists():
-        raise ContractBuildError("solc is not installed: run `npm ci` in the project root")
-    return str(json.loads(package.read_text())["version"])
 
 
 def compile_contracts(naive_verifier: Path | None = None) -> dict[str, Any]:
@@ -29,7 +22,7 @@ def compile_contracts(naive_verifier: Path | None = None) -> dict[str, Any]:
     Returns {"solc": version, "contracts": {name: {"abi", "bytecode", "deployed_size"}}}.
     """
     digest = hashlib.sha256()
-    digest.update(_solc_version().encode())
+    digest.update(npm_version("solc").encode())
     if naive_verifier is not None:
         if not naive_verifier.exists():
             raise ContractBuildError(f"verifier source {naive_verifier} does not exist")

@@ -49,6 +49,7 @@ def deploy(
     Development keys are refused on a chain that is not a local development chain unless
     `allow_development_keys`.
     """
+    check_terms(cfg, quorum, round_duration, participants or [])
     build = build_circuit(cfg)
     keys = keys if keys is not None else development_keys(build)
     if keys.circuit_sha256 != build.circuit_sha256:
@@ -62,6 +63,8 @@ def deploy(
             f"refusing development keys on chain {chain_id}: whoever made them can forge proofs; "
             "deploy a ceremony's keys (--keys DIR) or pass --allow-development-keys"
         )
+    if w3.eth.get_balance(deployer.address) == 0:
+        raise DeploymentError(f"the deployer {deployer.address} has no ether on chain {chain_id}: fund it first")
     compiled = compile_contracts()["contracts"]
     aggregator_abi = compiled["WaflAggregator"]["abi"]
     verifier_abi = compiled["WaflVerifier"]["abi"]
@@ -111,3 +114,26 @@ def deploy(
         circuit_sha256=keys.circuit_sha256,
         transcript_sha256=keys.transcript_sha256,
     )
+
+
+def check_terms(
+    cfg: ModelConfig, quorum: int, round_duration: int, participants: Sequence[str | LocalAccount]
+) -> None:
+    """DeploymentError for what the aggregator's constructor or registration would revert on: checked
+    before anything is built or sent (by `deploy`, and by `wafl deploy` before it connects)."""
+    if not 1 <= quorum <= cfg.max_participants:
+        raise DeploymentError(
+            f"quorum {quorum} must be between 1 and {cfg.max_participants} (max_participants of {cfg.name})"
+        )
+    if not 1 <= round_duration < 1 << 64:
+        raise DeploymentError(f"round duration {round_duration} must be between 1 and 2^64 - 1 seconds")
+    addresses: set[str] = set()
+    for participant in participants:
+        address = participant if isinstance(participant, str) else participant.address
+        if not Web3.is_address(address):
+            raise DeploymentError(f"participant {address!r} is not an Ethereum address (0x and 40 hex digits)")
+        addresses.add(address.lower())
+    if len(addresses) > cfg.max_participants:
+        raise DeploymentError(
+            f"{len(addresses)} participants; {cfg.name} has room for {cfg.max_participants} (max_participants)"
+        )

@@ -11,7 +11,7 @@ from eth_utils.abi import function_signature_to_4byte_selector
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.contract.contract import ContractConstructor, ContractFunction
-from web3.exceptions import ContractLogicError
+from web3.exceptions import ContractLogicError, Web3RPCError
 from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 _BUILTIN = {
@@ -62,8 +62,15 @@ class ErrorDecoder:
         return ContractRevertError(name, args, raw.to_0x_hex())
 
     def from_exception(self, exc: ContractLogicError) -> ContractRevertError:
-        data = exc.data if isinstance(exc.data, str | bytes) else None
-        return self.decode(data)
+        return self.decode(revert_data(exc.data))
+
+
+def revert_data(data: object) -> str | bytes | None:
+    """The revert payload in an error's data: the hex itself (anvil, geth), or nested as
+    {"message": ..., "data": "0x..."} (Hardhat, whose error web3 passes on as it is)."""
+    if isinstance(data, dict):
+        data = data.get("data")
+    return data if isinstance(data, str | bytes) else None
 
 
 def _abi_type(item: dict[str, Any]) -> str:
@@ -103,7 +110,12 @@ def send(
     except ContractLogicError as exc:
         raise decoder.from_exception(exc) from None
     signed = account.sign_transaction(tx)  # type: ignore[arg-type]
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    try:
+        tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    except Web3RPCError as exc:
+        if not mined_despite_error(exc, signed.hash):
+            raise
+        tx_hash = signed.hash
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout)
     if receipt["status"] != 1:
         error = replay_revert(w3, tx, receipt, decoder)
@@ -112,11 +124,34 @@ def send(
     return receipt
 
 
+def mined_despite_error(exc: Web3RPCError, tx_hash: bytes) -> bool:
+    """Hardhat by default (throwOnTransactionFailures) mines a reverting transaction, then answers
+    eth_sendRawTransaction with an error naming its hash in error.data.txHash: its receipt (status
+    0) follows as anvil's does. Any other error is a refusal."""
+    error = (exc.rpc_response or {}).get("error")
+    data = error.get("data") if isinstance(error, dict) else None
+    mined = data.get("txHash") if isinstance(data, dict) else None
+    return isinstance(mined, str) and HexBytes(mined) == HexBytes(tx_hash)
+
+
 def replay_revert(w3: Web3, tx: TxParams, receipt: TxReceipt, decoder: ErrorDecoder) -> ContractRevertError:
-    """A mined transaction failed: replay it as a call at its block to learn why."""
+    """A mined transaction failed: replay it as a call at its block to learn why.
+
+    The block is the receipt's own, not the one before: a call at block N runs on the state after
+    all of block N, with block N's timestamp. The reverted transaction changed no state, while the
+    transactions before it in block N did, and may be what made it revert: another organisation's
+    update that reached the quorum and finalised the round earlier in the same block (our update
+    then failed with Wafl__RoundClosed), or a deadline that block N's timestamp is past
+    (Wafl__DeadlinePassed). At block N - 1 neither is visible, and the call would succeed.
+    (Only transactions after ours in block N can still mislead it: short of debug_traceTransaction,
+    which not every node offers, nothing replays a transaction at its exact position.)
+    """
+    gas = tx.get("gas")
+    if gas is not None and int(receipt["gasUsed"]) >= int(gas):
+        return ContractRevertError("OutOfGas", [int(gas)], "0x")  # used all its gas: a replay tells no more
     call: TxParams = {k: v for k, v in tx.items() if k in ("from", "to", "data", "value", "gas")}  # type: ignore[assignment]
     try:
-        w3.eth.call(call, block_identifier=receipt["blockNumber"] - 1)
+        w3.eth.call(call, block_identifier=receipt["blockNumber"])
     except ContractLogicError as exc:
         return decoder.from_exception(exc)
     return ContractRevertError("RevertedWithoutReason", [], "0x")

@@ -10,7 +10,7 @@ import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -46,7 +46,28 @@ class ModelConfig(BaseModel):
     data_bits: int = Field(ge=2, le=64, description="signed bits of a data entry (fixed point)")
     target_bits: int = Field(default=1, ge=1, le=32, description="unsigned bits of a target")
     max_participants: int = Field(default=8, ge=1, le=1 << 16)
+    max_weight_change: int = Field(
+        ge=1,
+        le=1 << 64,
+        description="B: the most any weight can move in one round, in fixed-point units (2^-F); a power "
+        "of two. Omitted: 2^F (1.0), within [2^ceil(log2 E), 2^weight_bits]",
+    )
     dataset: str | None = Field(default=None, description="bundled dataset this shape fits")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_max_weight_change(cls, data: Any) -> Any:
+        """An omitted bound becomes 1.0 (2^F), so that the digest names the bound in force."""
+        if isinstance(data, dict) and "max_weight_change" not in data:
+            try:
+                frac_bits, weight_bits = int(data["frac_bits"]), int(data["weight_bits"])
+                steps = int(data.get("local_steps", 1))
+            except (KeyError, TypeError, ValueError):
+                return data  # the fields' own validation reports it
+            if 1 <= frac_bits <= 64 and 1 <= weight_bits <= 64 and 1 <= steps <= 64:
+                least = 1 << (steps - 1).bit_length()  # each local step may move a weight by 1
+                data = {**data, "max_weight_change": min(1 << weight_bits, max(1 << frac_bits, least))}
+        return data
 
     # ---- derived layout -------------------------------------------------------------
     @property
@@ -118,6 +139,17 @@ class ModelConfig(BaseModel):
     def bias_gradient_bound(self) -> int:
         return self.batch * self.error_bound
 
+    # ---- the bounded step (docs/design.md section 2) ------------------------------------
+    @property
+    def step_change_bound(self) -> int:
+        """B_step: the power of two each local step clips a weight's change to; E * B_step <= B."""
+        return 1 << ((self.max_weight_change // self.local_steps).bit_length() - 1)
+
+    @property
+    def clip_bits(self) -> int:
+        """C = log2(B_step): a step's decrement is saturated to [-2^C, 2^C - 1]."""
+        return self.step_change_bound.bit_length() - 1
+
     @cached_property
     def truncation_bits(self) -> dict[str, int]:
         """Bits K of each truncation's offset-binary decomposition (its range check).
@@ -156,6 +188,21 @@ class ModelConfig(BaseModel):
             problems.append(f"weight_bits {self.weight_bits} exceeds int64 ({INT64_SAFE_BITS})")
         if self.data_bits > INT64_SAFE_BITS:
             problems.append(f"data_bits {self.data_bits} exceeds int64 ({INT64_SAFE_BITS})")
+        bound = self.max_weight_change
+        if bound & (bound - 1):
+            problems.append(
+                f"max_weight_change {bound} is not a power of two (the circuit clips with a bit window)"
+            )
+        if bound > 1 << self.weight_bits:
+            problems.append(
+                f"max_weight_change {bound} exceeds 2^weight_bits = {1 << self.weight_bits}, the span of a "
+                f"lane: it would bound nothing (and the saturation's {self.weight_bits + 2}-bit check "
+                "assumes it)"
+            )
+        if bound < self.local_steps:
+            problems.append(
+                f"max_weight_change {bound} < local_steps {self.local_steps}: a step could not move a weight"
+            )
         if self.frac_bits >= self.data_bits:
             problems.append(
                 f"frac_bits {self.frac_bits} leaves no integer part in data_bits {self.data_bits}"
@@ -188,23 +235,48 @@ def named_configs() -> list[str]:
 
 
 def load_config(name_or_path: str | Path) -> ModelConfig:
-    """Load a configuration by bundled name (e.g. ``ref-9x6-b10``) or from a YAML/JSON file."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise ConfigError(
-                f"unknown configuration {str(name_or_path)!r}; bundled: {', '.join(named_configs())}"
-            )
-    if not path.exists():
-        raise ConfigError(f"configuration file {path} does not exist")
+    """Load a configuration by bundled name (e.g. ``ref-9x6-b10``) or from a YAML/JSON file.
+
+    Every way this can fail is a ConfigError whose message is one line naming the file.
+    """
+    path = _config_file(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"configuration file {path} is not UTF-8 text: is it a YAML file?") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"configuration file {path} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"configuration file {path} must hold a mapping of settings")
     return parse_config(raw, source=str(path))
+
+
+def _config_file(name_or_path: str | Path) -> Path:
+    """The file of a bundled name (a bare word such as ``ref-9x6-b10``) or of a path."""
+    text = str(name_or_path)
+    path = Path(text)
+    bare = bool(text) and path.name == text and not path.suffix
+    if bare and (CONFIG_DIR / f"{text}.yaml").is_file():
+        return CONFIG_DIR / f"{text}.yaml"
+    if path.is_file():
+        return path
+    if text and path.is_dir():
+        raise ConfigError(f"configuration {path} is a directory: give a YAML file or a bundled name")
+    if bare or not text:
+        raise ConfigError(
+            f"unknown configuration {text!r}; bundled: {', '.join(named_configs())} (or give a YAML file's path)"
+        )
+    raise ConfigError(f"configuration file {path} does not exist")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (1-based line and column)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def parse_config(raw: dict[str, object], source: str = "<dict>") -> ModelConfig:

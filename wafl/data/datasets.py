@@ -10,12 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer, load_digits, load_iris, load_wine
-from sklearn.model_selection import train_test_split
 
 from wafl.core.config import ModelConfig
+from wafl.core.fixedpoint import quantize
 
-LOADERS = {"wine": load_wine, "digits": load_digits, "breast_cancer": load_breast_cancer, "iris": load_iris}
+# scikit-learn's bundled datasets (sklearn.datasets.load_<name>) the organisations' data can come from.
+DATASETS = ("breast_cancer", "digits", "iris", "wine")
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,6 @@ class OrgData:
         return self.x_train[rows], self.y_train[rows]
 
 
-def quantize(x: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    scaled = np.floor(x * float(1 << cfg.frac_bits) + 0.5)
-    return np.clip(scaled, cfg.data_min, cfg.data_max).astype(np.int64)
-
-
 def one_hot(labels: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     if labels.min() < 0 or labels.max() >= cfg.d_out:
         raise ValueError(f"labels must be classes in [0, {cfg.d_out})")
@@ -49,9 +44,13 @@ def standardised_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A bundled dataset's stratified train/test split (a quarter held out), standardised with
     the training rows' statistics: x_train, x_test (float), y_train, y_test (int labels)."""
-    if dataset not in LOADERS:
-        raise ValueError(f"unknown dataset {dataset!r}; bundled: {', '.join(sorted(LOADERS))}")
-    features, labels = LOADERS[dataset](return_X_y=True)
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; bundled: {', '.join(DATASETS)}")
+    # Imported here: scikit-learn takes seconds to import, and the CLI lists DATASETS at every start.
+    import sklearn.datasets
+    from sklearn.model_selection import train_test_split
+
+    features, labels = getattr(sklearn.datasets, f"load_{dataset}")(return_X_y=True)
     if features.shape[1] != cfg.d_in or int(labels.max()) + 1 > cfg.d_out:
         raise ValueError(f"dataset {dataset} ({features.shape[1]} features, {int(labels.max()) + 1} classes) "
                          f"does not fit configuration {cfg.name} ({cfg.d_in} x {cfg.d_out})")
@@ -62,7 +61,13 @@ def standardised_split(
     return (x_train - mean) / std, (x_test - mean) / std, y_train.astype(np.int64), y_test.astype(np.int64)
 
 
-def load_org_data(cfg: ModelConfig, dataset: str, org_index: int, org_count: int, seed: int = 0) -> OrgData:
+def load_org_data(
+    cfg: ModelConfig, dataset: str | None, org_index: int, org_count: int, seed: int = 0
+) -> OrgData:
+    """Organisation ``org_index``'s share of ``dataset`` (None or empty: the configuration's own)."""
+    dataset = dataset or cfg.dataset
+    if not dataset:
+        raise ValueError(f"configuration {cfg.name} names no dataset")
     if not 0 <= org_index < org_count:
         raise ValueError(f"organisation index {org_index} is not in [0, {org_count})")
     x_train, x_test, y_train, y_test = standardised_split(cfg, dataset, seed)
@@ -71,7 +76,7 @@ def load_org_data(cfg: ModelConfig, dataset: str, org_index: int, org_count: int
     test_parts = np.array_split(np.random.default_rng(seed + 1).permutation(len(x_test)), org_count)
     held_out = test_parts[org_index]
     return OrgData(
-        x_train=quantize(x_train[mine], cfg),
+        x_train=quantize(x_train[mine], cfg).values,
         y_train=one_hot(y_train[mine], cfg),
         x_test=x_test[held_out],
         y_test=y_test[held_out],

@@ -24,7 +24,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from wafl.core.config import ModelConfig
-from wafl.data.datasets import OrgData, one_hot, quantize, standardised_split
+from wafl.core.fixedpoint import quantize
+from wafl.data.datasets import OrgData, one_hot, standardised_split
 
 HELD_OUT = 0.25
 
@@ -69,7 +70,7 @@ def split_indices(labels: np.ndarray, orgs: int, alpha: float | None, rng: np.ra
 def bundled(cfg: ModelConfig, dataset: str, orgs: int, alpha: float | None = None, seed: int = 0) -> FederationData:
     x_train, x_test, y_train, y_test = standardised_split(cfg, dataset, seed)
     parts = split_indices(y_train, orgs, alpha, np.random.default_rng(seed))
-    members = [OrgData(quantize(x_train[p], cfg), one_hot(y_train[p], cfg), x_test, y_test) for p in parts]
+    members = [OrgData(quantize(x_train[p], cfg).values, one_hot(y_train[p], cfg), x_test, y_test) for p in parts]
     split = "iid" if alpha is None else f"dirichlet(alpha={alpha})"
     return FederationData(members, x_train, y_train, x_test, y_test, f"{dataset}, {split}")
 
@@ -155,18 +156,18 @@ def from_files(cfg: ModelConfig, paths: list[Path], seed: int = 0) -> Federation
     scale = float(1 << cfg.frac_bits)
     members = []
     for path, (x_tr, x_te, y_tr, y_te) in zip(paths, splits, strict=True):
-        fixed = np.floor((x_tr - mean) / std * scale + 0.5)
         every = (np.concatenate([x_tr, x_te]) - mean) / std  # held-out rows must fit too
         outside = np.argwhere(np.abs(every) * scale > min(-cfg.data_min, cfg.data_max))
         if len(outside):
             row, col = outside[0]
-            scaled = every
             raise DataFileError(
-                f"{path}: column {col + 1} has a value {scaled[row, col]:.1f} standard deviations from the mean, "
+                f"{path}: column {col + 1} has a value {every[row, col]:.1f} standard deviations from the mean, "
                 f"outside the fixed-point data range [{cfg.data_min / scale:g}, {cfg.data_max / scale:g}] "
                 f"of {cfg.name}; remove or cap the outlier"
             )
-        members.append(OrgData(fixed.astype(np.int64), one_hot(y_tr, cfg), (x_te - mean) / std, y_te))
+        # Every value fits (checked above), so the quantisation clips nothing here.
+        fixed = quantize((x_tr - mean) / std, cfg).values
+        members.append(OrgData(fixed, one_hot(y_tr, cfg), (x_te - mean) / std, y_te))
     x_train = np.concatenate([(s[0] - mean) / std for s in splits])
     y_train = np.concatenate([s[2] for s in splits])
     x_test = np.concatenate([m.x_test for m in members])

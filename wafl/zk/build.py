@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 
 from wafl.core.config import ModelConfig
-from wafl.core.paths import BUILD_DIR, CIRCUIT_DIR, NODE, NODE_MODULES
+from wafl.core.paths import BUILD_DIR, CIRCUIT_DIR, NODE, npm_version
 from wafl.zk.circuit import CircuitKind, render, source_hash
 from wafl.zk.keys import KeySet, KeySetError, load_keys, make_development_keys
 
@@ -53,10 +53,7 @@ class CircuitBuild:
 
 
 def zokrates_version() -> str:
-    package = NODE_MODULES / "zokrates-js" / "package.json"
-    if not package.exists():
-        raise BuildError("zokrates-js is not installed: run `npm ci` in the project root")
-    return str(json.loads(package.read_text())["version"])
+    return npm_version("zokrates-js")
 
 
 def build_circuit(

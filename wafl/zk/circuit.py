@@ -42,7 +42,7 @@ _CHECKS = {
         "    for u32 i in 0..N_WORDS {\n"
         "        assert(packed_global[i] == global_words[i]);\n"
         "    }",
-        "    field[N_WORDS] packed_update = pack_lanes(flatten(wc, bc));\n"
+        "    field[N_WORDS] packed_update = pack_words(flatten(wc, bc));\n"
         "    for u32 i in 0..N_WORDS {\n"
         "        assert(packed_update[i] == update_words[i]);\n"
         "    }",
@@ -55,7 +55,6 @@ _CHECKS = {
         "    }",
         "    field[N_WEIGHTS] flat_update = flatten(wc, bc);\n"
         "    for u32 i in 0..N_WEIGHTS {\n"
-        "        assert(check_bits::<WEIGHT_BITS>(flat_update[i] + WEIGHT_OFFSET));\n"
         "        assert(flat_update[i] == update_weights[i]);\n"
         "    }",
     ),
@@ -84,6 +83,8 @@ def render(cfg: ModelConfig, kind: CircuitKind = CircuitKind.PACKED) -> str:
         "ROUND_BITS": ROUND_BITS,
         "ONE_FIXED": 1 << cfg.frac_bits,
         "WEIGHT_OFFSET": 1 << (cfg.weight_bits - 1),
+        "LANE_MAX": (1 << cfg.weight_bits) - 1,
+        "SATURATE_OFFSET": (1 << (cfg.weight_bits - 1)) + (1 << cfg.weight_bits),
         "DATA_OFFSET": 1 << (cfg.data_bits - 1),
         "SLOT_SCALE": "[" + ", ".join(
             str(1 << (lane * cfg.slot_bits)) for lane in range(cfg.lanes_per_word)
@@ -98,6 +99,11 @@ def render(cfg: ModelConfig, kind: CircuitKind = CircuitKind.PACKED) -> str:
         values[f"SHIFT_{upper}"] = shifts[name]
         values[f"OFFSET_{upper}"] = 1 << (bits - 1)
         values[f"QOFFSET_{upper}"] = 1 << (bits - 1 - shifts[name])
+        if name != "forward":
+            # The window [-2^C, 2^C) of trunc_clip; at C = K - S - 1 it is the quotient's whole range.
+            clip = min(cfg.clip_bits, bits - shifts[name] - 1)
+            values[f"CLIP_{upper}"] = clip
+            values[f"CLIP_VALUE_{upper}"] = 1 << clip
     source = TEMPLATE.read_text()
     for key, value in values.items():
         source = source.replace("{{" + key + "}}", str(value))

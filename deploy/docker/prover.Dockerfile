@@ -2,8 +2,10 @@
 # WaFL prover: a ZoKrates witness and a Groth16 proof per prover job. zokrates-js computes the
 # witness on a long-lived Node worker, groth16py (native arkworks) proves by default, snarkjs
 # verifies every proof and is the second backend (WAFL_BACKEND=snarkjs).
+# Its own Dockerfile: the other services share deploy/docker/service.Dockerfile, whose image is a
+# Python venv only; this one adds Node stages, circuit compilation and the key mount point.
 # Build from the repository root:
-#   docker build -f services/prover/Dockerfile --build-arg WAFL_CONFIGS="wine-13x3-b16" -t wafl-prover:dev .
+#   docker build -f deploy/docker/prover.Dockerfile --build-arg WAFL_CONFIGS="wine-13x3-b16" -t wafl-prover:dev .
 # The image carries Node 20, zokrates-js and snarkjs exactly as pinned by package-lock.json (with
 # their own dependencies only), groth16py, circuits/ and the compiled circuit builds of
 # WAFL_CONFIGS (program, abi, r1cs) -- but NO keys. The prover proves with the key set mounted at
@@ -23,7 +25,7 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund
 # The prover's share of node_modules: zokrates-js and snarkjs with exactly their locked runtime
 # dependencies (nested node_modules, e.g. r1csfile's own ffjavascript, come with their parent);
-# solc, anvil and OpenZeppelin stay out. tests/test_deploy_images.py checks this list against
+# solc, anvil and OpenZeppelin stay out. tests/unit/test_deploy_images.py checks this list against
 # package-lock.json and the imports of circuits/*.mjs.
 RUN mkdir -p /prover/node_modules \
  && cd /app/node_modules \
@@ -43,7 +45,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml ./
 COPY deploy/docker/requirements.py deploy/docker/requirements.py
-# Only what this service imports; tests/test_deploy_images.py checks the choice.
+# Only what this service imports; tests/unit/test_deploy_images.py checks the choice.
 RUN python deploy/docker/requirements.py --without torch,numpy,scikit-learn,rich > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY wafl ./wafl
