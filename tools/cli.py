@@ -525,7 +525,13 @@ def bad_input(exc: Exception, args: argparse.Namespace) -> str | None:
     return line if len(line) <= MAX_LINE else line[: MAX_LINE - 1] + "…"
 
 
+# Set once a stop signal arrived: the KeyboardInterrupt raised for it can surface as another
+# exception when a library's clean-up fails on the way out (urllib3 mid-request), still a stop.
+_stop_requested = threading.Event()
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    _stop_requested.set()
     raise KeyboardInterrupt
 
 
@@ -537,11 +543,14 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_int = signal.signal(signal.SIGINT, _interrupt)
     try:
         yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -556,6 +565,9 @@ def run(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when stdout is flushed
         return BROKEN_PIPE
     except Exception as exc:
+        if _stop_requested.is_set():
+            print(f"{_speaker(args)}: interrupted", file=sys.stderr)
+            return INTERRUPTED
         line = bad_input(exc, args)
         if line is None:
             raise

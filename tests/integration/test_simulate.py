@@ -76,7 +76,7 @@ def test_poisoned_updates_are_rejected_and_the_honest_curve_is_unaffected(tmp_pa
     kinds = {(x["proof_kind"], x["error"]) for x in result["rejections"]}
     assert kinds == {("forged", "Wafl__InvalidProof"), ("reused", "Wafl__InvalidProof")}
     # The baseline that trusts its clients is dragged down by the same updates.
-    assert rounds[-1]["plain_fedavg_accuracy"] < rounds[-1]["accuracy"] - 0.2
+    assert rounds[-1]["plain_fedavg_accuracy"] < rounds[-1]["accuracy"] - 0.1
     assert "poisoned submissions rejected on chain" in stdout
 
 
