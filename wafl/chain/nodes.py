@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +31,7 @@ def free_port() -> int:
         return port
 
 
-class LocalNode:
+class LocalNode(ABC):
     """Start a node, wait until it answers, stop it (also on error) as a context manager.
 
     A subclass names itself and gives its command line (and environment, if any).
@@ -52,8 +53,9 @@ class LocalNode:
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
+    @abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The node's command line (each node's own flags)."""
 
     def environment(self) -> Mapping[str, str]:
         """Variables added to this process's environment for the node."""
