@@ -477,6 +477,7 @@ LOADED_BAD_INPUT = (
     ("wafl.data.fedsplit", "DataFileError"),
     ("wafl.bus.settings", "SettingsError"),
     ("wafl.bus.service", "StartupError"),
+    ("wafl.bus.observability", "MetricsPortError"),
     ("grafana_client.client", "GrafanaException"),
 )
 

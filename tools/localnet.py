@@ -1,9 +1,11 @@
 """A whole federation on this machine, every service a separate OS process (`wafl run ...`),
-against real RabbitMQ and Redis servers and an anvil chain. Used by the federation and fault
-tests and by `wafl bench pipeline`."""
+against real RabbitMQ and Redis servers and a local chain: anvil by default, or Hardhat's node
+(`node="hardhat"`), either mining a block every second. Used by the federation and fault tests
+and by `wafl bench pipeline`."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import aio_pika
 import redis
@@ -26,9 +29,11 @@ from wafl.bus.messages import PUBLIC_MESSAGES
 from wafl.bus.settings import DEFAULT_AMQP_URL, DEFAULT_REDIS_URL, with_path
 from wafl.bus.topology import Topology
 from wafl.chain.aggregator import AggregatorClient
-from wafl.chain.anvil import Anvil, free_port, fund
+from wafl.chain.anvil import Anvil
 from wafl.chain.artifact import Deployment
 from wafl.chain.deploy import deploy
+from wafl.chain.hardhat import HardhatNode
+from wafl.chain.nodes import LocalNode, fund
 from wafl.core.config import ModelConfig
 from wafl.zk.keys import KeySet
 
@@ -65,11 +70,24 @@ class ServiceProcess:
     replica: int
     proc: subprocess.Popen[bytes]
     log_path: Path
-    metrics_port: int
     expected_exit: bool = False  # a test stopped it on purpose: not a crash
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def metrics_port(self) -> int:
+        """The port the service serves /metrics on, as its start-up line says. Services pick a free
+        one themselves: a port chosen here could be taken by another process before they bind it."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for line in self.log().splitlines():
+                if '"service_started"' in line:
+                    return int(json.loads(line)["metrics_port"])
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.org}/{self.service} did not start:\n{self.log()[-3000:]}")
 
 
 @dataclass
@@ -111,7 +129,7 @@ class Org:
 class Federation:
     cfg: ModelConfig
     workdir: Path
-    anvil: Anvil
+    node: LocalNode
     w3: Web3
     admin: LocalAccount
     deployment: Deployment
@@ -122,16 +140,20 @@ class Federation:
     keys: KeySet | None = None
 
     @property
+    def anvil(self) -> LocalNode:
+        """The chain's node (named for the first node it ran on; anvil unless `node` said otherwise)."""
+        return self.node
+
+    @property
     def aggregator(self) -> AggregatorClient:
         return AggregatorClient(self.w3, self.deployment)
 
     def start(
         self, org: Org, service: str, replica: int = 0, extra_env: dict[str, str] | None = None
     ) -> ServiceProcess:
-        port = free_port()
-        env = org.env(dict(os.environ), self.amqp_url, self.deployment_path, self.anvil.url, len(self.orgs),
+        env = org.env(dict(os.environ), self.amqp_url, self.deployment_path, self.node.url, len(self.orgs),
                       self.cfg.dataset or "")
-        env["WAFL_METRICS_PORT"] = str(port)
+        env["WAFL_METRICS_PORT"] = "0"
         if self.keys is not None:
             env["WAFL_KEYS"] = str(self.keys.directory)
         env.update(extra_env or {})
@@ -141,7 +163,7 @@ class Federation:
             [sys.executable, "-m", "tools.cli", "run", service], env=env, stdout=handle, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        process = ServiceProcess(org.name, service, replica, proc, log_path, port)
+        process = ServiceProcess(org.name, service, replica, proc, log_path)
         org.processes.append(process)
         return process
 
@@ -196,20 +218,26 @@ class Federation:
                     p.proc.wait()
 
 
+# The local chains a federation runs on: anvil, and Hardhat's node as a second, independent EVM.
+NodeName = Literal["anvil", "hardhat"]
+NODES: dict[NodeName, type[LocalNode]] = {"anvil": Anvil, "hardhat": HardhatNode}
+
+
 @contextmanager
 def federation(cfg: ModelConfig, workdir: Path, org_count: int = 3, round_duration: int = 3600,
-               quorum: int | None = None, anvil_args: list[str] | None = None, keys: KeySet | None = None,
-               attest: bool = True) -> Iterator[Federation]:
+               quorum: int | None = None, node_args: list[str] | None = None, keys: KeySet | None = None,
+               attest: bool = True, node: NodeName = "anvil") -> Iterator[Federation]:
     """Chain, deployment and keys for ``org_count`` organisations (services are started by the caller).
 
+    `node`: the chain, anvil or Hardhat's node, with `node_args` added to its command line.
     `keys`: the key set to deploy and prove with (default: this machine's development keys).
     `attest`: the organisations attest the keys at deployment; else the caller has them attest
     (`wafl attest`), and round 1 opens with the last attestation.
     """
     tag = uuid.uuid4().hex[:6]
     # Interval mining: confirmations need blocks even when nobody sends a transaction.
-    with Anvil(block_time=1, extra_args=anvil_args) as anvil:
-        w3 = anvil.web3()
+    with NODES[node](block_time=1, extra_args=node_args) as chain:
+        w3 = chain.web3()
         admin: LocalAccount = Account.create()
         fund(w3, admin.address)
         orgs = []
@@ -227,7 +255,7 @@ def federation(cfg: ModelConfig, workdir: Path, org_count: int = 3, round_durati
         deployment.save(deployment_path)
         vhost = f"wafl-{tag}"
         amqp_url = create_vhost(vhost)
-        fed = Federation(cfg, workdir, anvil, w3, admin, deployment, deployment_path, orgs, vhost, amqp_url, keys)
+        fed = Federation(cfg, workdir, chain, w3, admin, deployment, deployment_path, orgs, vhost, amqp_url, keys)
         try:
             yield fed
         finally:

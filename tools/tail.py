@@ -70,6 +70,9 @@ def summarize(routing_key: str, event: dict[str, Any]) -> str:
             return f"{event.get('accepted')} updates averaged in block {event.get('block_number')}"
         case "round.deadline":
             return "deadline passed, round can be finalised"
+        case "chain.reorged":
+            return (f"REORG: {event.get('depth')} published blocks dropped after block {event.get('fork_block')}; "
+                    "events are replayed from there")
         case "update.trained":
             loss = event.get("loss")
             loss_text = f", batch loss {loss:.4f}" if isinstance(loss, int | float) else ""

@@ -9,8 +9,8 @@ Two dashboards, both with a Prometheus datasource variable (so they work with th
 ``org`` variable:
 
 - ``wafl-federation`` (federation overview): round, accepted and failed updates, global model
-  accuracy and loss, gas per update, proof / training / queue-wait durations, prover queue depth
-  and replicas, dead letters;
+  accuracy and loss, gas per update, chain reorganisations, proof / training / queue-wait
+  durations, prover queue depth and replicas, dead letters;
 - ``wafl-services`` (per service): targets up, FastStream message rates, statuses, latencies and
   exceptions, WaFL handler counters, the service's queues, CPU and memory.
 
@@ -49,10 +49,14 @@ DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 
 # ---- metric names (the services' prometheus-client metrics; counters get _total) ---------------
 
-ROUNDS_OPENED = "wafl_rounds_opened_total"
-ROUNDS_FINALIZED = "wafl_rounds_finalized_total"
+# Chain facts: gauges equal to the canonical chain's totals, so a reorganisation can lower them
+# (per interval: delta, which may be negative; totals: max by org, one fact however many replicas).
+ROUNDS_OPENED = "wafl_chain_rounds_opened"  # gauge
+ROUNDS_FINALIZED = "wafl_chain_rounds_finalized"  # gauge
+UPDATES_ACCEPTED = "wafl_chain_updates_accepted"  # gauge
+REORGS = "wafl_chain_reorgs_total"  # reorganisations deeper than the confirmation depth
+REORG_DEPTH = "wafl_chain_reorg_depth_blocks"  # histogram
 CURRENT_ROUND = "wafl_current_round"
-UPDATES_ACCEPTED = "wafl_updates_accepted_total"
 UPDATES_FAILED = "wafl_updates_failed_total"
 GLOBAL_ACCURACY = "wafl_global_model_accuracy"
 GLOBAL_LOSS = "wafl_global_model_loss"
@@ -75,6 +79,12 @@ SERVICE_QUEUES = r'queue=~"wafl\\.($org)\\.($component)\\..+"'
 RATE = "$__rate_interval"
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
+
+
+def chain_delta(gauge: str) -> str:
+    """Net change of a chain-fact gauge per interval, by organisation (negative when a
+    reorganisation dropped facts)."""
+    return f"max by (org) (delta({gauge}{{{ORG}}}[{RATE}]))"
 
 
 def or_zero(expr: str) -> str:
@@ -190,20 +200,22 @@ def federation_overview() -> dash.Dashboard:
     d = d.with_row(dash.Row("Rounds and updates"))
     d = d.with_panel(single("Current round", "The aggregator's current round.",
                             [(f"max by (org) ({CURRENT_ROUND}{{{ORG}}})", "{{org}}")], decimals=0))
-    d = d.with_panel(single("Rounds finalised", "Rounds finalised since the metrics service started.",
+    d = d.with_panel(single("Rounds finalised", "Rounds finalised on the canonical chain.",
                             [(f"max by (org) ({ROUNDS_FINALIZED}{{{ORG}}})", "{{org}}")], decimals=0))
-    d = d.with_panel(single("Updates accepted", "Updates the contract accepted (every participant's).",
-                            [(f"sum by (org) ({UPDATES_ACCEPTED}{{{ORG}}})", "{{org}}")], decimals=0))
+    d = d.with_panel(single("Updates accepted", "Updates accepted on the canonical chain (every participant's).",
+                            [(f"max by (org) ({UPDATES_ACCEPTED}{{{ORG}}})", "{{org}}")], decimals=0))
     d = d.with_panel(single("Updates failed", "Updates of this organisation that failed, all reasons.",
                             [(or_zero(f"sum by (org) ({UPDATES_FAILED}{{{ORG}}})"), "{{org}}")], decimals=0))
     d = d.with_panel(ts(
-        "Rounds opened and finalised", "Rounds opened and finalised per interval.",
-        [(f"sum by (org) (increase({ROUNDS_OPENED}{{{ORG}}}[{RATE}]))", "{{org}} opened"),
-         (f"sum by (org) (increase({ROUNDS_FINALIZED}{{{ORG}}}[{RATE}]))", "{{org}} finalised")],
+        "Rounds opened and finalised", "Rounds opened and finalised on the canonical chain per interval "
+        "(negative when a reorganisation dropped some).",
+        [(chain_delta(ROUNDS_OPENED), "{{org}} opened"),
+         (chain_delta(ROUNDS_FINALIZED), "{{org}} finalised")],
         span=8, bars=True))
     d = d.with_panel(ts(
-        "Accepted and failed updates", "update.accepted events and update.failed events by reason, per interval.",
-        [(f"sum by (org) (increase({UPDATES_ACCEPTED}{{{ORG}}}[{RATE}]))", "{{org}} accepted"),
+        "Accepted and failed updates", "Updates accepted on the canonical chain (negative when a reorganisation "
+        "dropped some) and update.failed events by reason, per interval.",
+        [(chain_delta(UPDATES_ACCEPTED), "{{org}} accepted"),
          (or_zero(f"sum by (org, reason) (increase({UPDATES_FAILED}{{{ORG}}}[{RATE}]))"),
           "{{org}} failed: {{reason}}")],
         span=16, bars=True))
@@ -228,7 +240,15 @@ def federation_overview() -> dash.Dashboard:
           "{{org}} {{kind}} p50"),
          (f"histogram_quantile(0.95, sum by (le, org, kind) (rate({TX_GAS}_bucket{{{ORG}}}[{RATE}])))",
           "{{org}} {{kind}} p95")],
-        unit="none", span=18))
+        unit="none", span=10))
+    d = d.with_panel(ts(
+        "Chain reorganisations", "Reorganisations deeper than the confirmation depth seen by the chain watcher, "
+        "per interval, and their mean depth in blocks (its log line chain_reorged names the fork block).",
+        [(or_zero(f"sum by (org) (increase({REORGS}{{{ORG}}}[{RATE}]))"), "{{org}} reorganisations"),
+         (or_zero(f"sum by (org) (increase({REORG_DEPTH}_sum{{{ORG}}}[{RATE}]))"
+                  f" / clamp_min(sum by (org) (increase({REORG_DEPTH}_count{{{ORG}}}[{RATE}])), 1)"),
+          "{{org}} mean depth (blocks)")],
+        span=8, bars=True))
 
     d = d.with_row(dash.Row("Proofs and the prover pool"))
     d = d.with_panel(ts(

@@ -3,9 +3,10 @@
 The cursor is (scanned_to, last_published): every block up to ``scanned_to`` has been scanned
 and every log up to position ``last_published`` (block, log index) published. Only blocks with
 ``confirmations`` blocks on top are scanned, so a reorg within the confirmation depth never
-reaches a published event. The hashes of recently scanned blocks are kept: if the chain's hash
-at ``scanned_to`` changed (a reorg deeper than the depth), the cursor walks back to the last
-block whose hash still matches and the range is scanned again.
+reaches a published event. The hash of every scanned block of the last ``KEEP_HASHES`` is kept:
+when the chain's hash at ``scanned_to`` changes (a reorg deeper than the depth), the fork point
+is the highest kept block whose hash still matches, and only the blocks after it are scanned
+again. Events of the unchanged prefix are never published twice.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from web3 import Web3
+from web3.exceptions import BlockNotFound
 
 from wafl.bus.messages import ChainEvent, RoundFinalized, RoundOpened, UpdateAccepted
 from wafl.chain.artifact import Deployment
@@ -26,6 +28,17 @@ class Cursor:
     scanned_to: int
     last_published: tuple[int, int] = (-1, -1)
     hashes: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fork:
+    """Where the chain left the branch the watcher had scanned."""
+
+    block: int
+    hash: str
+    depth: int  # scanned blocks dropped
+    dropped: list[str]  # their hashes, as far as they were kept
+    old_tip: str  # the hash the watcher had for its last scanned block
 
 
 @dataclass(frozen=True)
@@ -55,45 +68,65 @@ class ChainFollower:
         round_id, deadline, _ = self.contract.functions.currentRound().call(block_identifier=block["number"])
         return Head(int(block["number"]), int(block["timestamp"]), int(round_id), int(deadline))
 
-    def rewind_if_reorged(self, cursor: Cursor) -> int | None:
-        """Walk the cursor back past blocks whose hash changed; returns the fork block, if any."""
+    def find_fork(self, cursor: Cursor) -> Fork | None:
+        """The fork point when the chain no longer holds the last scanned block, else None."""
         if cursor.scanned_to < self.start_block or cursor.scanned_to not in cursor.hashes:
             return None
         if self._hash(cursor.scanned_to) == cursor.hashes[cursor.scanned_to]:
             return None
-        for number in sorted(cursor.hashes, reverse=True):
-            if number <= cursor.scanned_to and self._hash(number) == cursor.hashes[number]:
-                break
+        kept = sorted((n for n in cursor.hashes if n <= cursor.scanned_to), reverse=True)
+        fork = next((n for n in kept if self._hash(n) == cursor.hashes[n]), None)
+        if fork is None:  # deeper than every kept hash: scan again from the deployment
+            fork_block = max(0, self.start_block - 1)
+            fork_hash = self._hash(fork_block) or ""
         else:
-            number = self.start_block - 1
-        cursor.hashes = {n: h for n, h in cursor.hashes.items() if n <= number}
-        cursor.scanned_to = number
-        cursor.last_published = min(cursor.last_published, (number, 1 << 30))
-        return number
+            fork_block, fork_hash = fork, cursor.hashes[fork]
+        dropped = [cursor.hashes[n] for n in sorted(cursor.hashes) if n > fork_block]
+        return Fork(fork_block, fork_hash, cursor.scanned_to - fork_block, dropped, cursor.hashes[cursor.scanned_to])
 
-    def confirmed_events(self, cursor: Cursor, head: Head) -> tuple[list[ChainEvent], int]:
-        """Events after the cursor up to the confirmed block (head - confirmations), in chain order."""
+    @staticmethod
+    def rewind(cursor: Cursor, fork: Fork) -> None:
+        """Forget the dropped branch: its blocks are scanned again, its events may be published anew."""
+        cursor.hashes = {n: h for n, h in cursor.hashes.items() if n <= fork.block}
+        cursor.scanned_to = fork.block
+        cursor.last_published = min(cursor.last_published, (fork.block, 1 << 30))
+
+    def confirmed_events(self, cursor: Cursor, head: Head) -> tuple[list[ChainEvent], int, dict[int, str]]:
+        """Events after the cursor up to the confirmed block (head - confirmations), in chain
+        order, and the hashes of the scanned blocks to keep. Nothing when the chain changed under
+        the scan (a log's block is not the block kept at its height): the next poll sees the fork."""
         safe = head.number - self.confirmations
         if safe <= cursor.scanned_to:
-            return [], cursor.scanned_to
+            return [], cursor.scanned_to, {}
         logs: list[Any] = []
         start = cursor.scanned_to + 1
         while start <= safe:
             end = min(safe, start + self.max_block_range - 1)
             logs += self.w3.eth.get_logs({"address": self.contract.address, "fromBlock": start, "toBlock": end})
             start = end + 1
+        fetched = {n: self._hash(n) for n in range(max(cursor.scanned_to + 1, safe - KEEP_HASHES + 1), safe + 1)}
+        hashes = {n: h for n, h in fetched.items() if h is not None}
+        if len(hashes) < len(fetched) or any(
+                hashes.get(int(log["blockNumber"]), log["blockHash"].to_0x_hex()) != log["blockHash"].to_0x_hex()
+                for log in logs):
+            return [], cursor.scanned_to, {}
         decoded = [self._decode(log) for log in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"]))]
         decoded = [d for d in decoded if d is not None]
-        return self._to_messages(decoded), safe
+        return self._to_messages(decoded), safe, hashes
 
-    def remember(self, cursor: Cursor, block: int) -> None:
+    @staticmethod
+    def remember(cursor: Cursor, block: int, hashes: dict[int, str]) -> None:
         cursor.scanned_to = block
-        cursor.hashes[block] = self._hash(block)
+        cursor.hashes.update(hashes)
         for old in sorted(cursor.hashes)[:-KEEP_HASHES]:
             del cursor.hashes[old]
 
-    def _hash(self, number: int) -> str:
-        return str(self.w3.eth.get_block(number)["hash"].to_0x_hex())
+    def _hash(self, number: int) -> str | None:
+        """The chain's block hash at ``number``; None above its head (a new branch may be shorter)."""
+        try:
+            return str(self.w3.eth.get_block(number)["hash"].to_0x_hex())
+        except BlockNotFound:
+            return None
 
     def _decode(self, log: Any) -> Any:
         for event in self._events.values():
@@ -108,7 +141,7 @@ class ChainFollower:
         for index, log in enumerate(logs):
             common = {
                 "org": self.org,
-                "message_id": f"{log['transactionHash'].to_0x_hex()}:{log['logIndex']}",
+                "message_id": f"{log['blockHash'].to_0x_hex()}:{log['logIndex']}",
                 "block_number": int(log["blockNumber"]),
                 "block_hash": log["blockHash"].to_0x_hex(),
                 "tx_hash": log["transactionHash"].to_0x_hex(),

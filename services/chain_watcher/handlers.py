@@ -1,4 +1,9 @@
-"""The chain watcher's loop: poll the chain, publish confirmed events, checkpoint in Redis."""
+"""The chain watcher's loop: poll the chain, publish confirmed events, checkpoint in Redis.
+
+A reorganisation deeper than the confirmation depth is said once (``chain.reorged``, published
+before the cursor is rewound, with an id derived from the fork, so a crash in between repeats the
+same message), and the deadline ticks of the dropped branch are forgotten so that a round whose
+closing was dropped is closed again."""
 
 from __future__ import annotations
 
@@ -10,9 +15,9 @@ from dataclasses import dataclass
 import structlog
 from faststream.rabbit.publisher import RabbitPublisher
 
-from services.chain_watcher.follower import ChainFollower, Cursor, Head
+from services.chain_watcher.follower import ChainFollower, Cursor, Fork, Head
 from wafl.bus.chainstate import write_state
-from wafl.bus.messages import ChainEvent, RoundDeadline, RoundFinalized, RoundOpened, UpdateAccepted
+from wafl.bus.messages import ChainEvent, ChainReorged, RoundDeadline, RoundFinalized, RoundOpened, UpdateAccepted
 from wafl.bus.service import Runtime
 
 SERVICE = "chain_watcher"
@@ -31,7 +36,7 @@ class Watcher:
         self.state = state
         self.publishers: dict[str, RabbitPublisher] = {
             model.routing_key: runtime.event_publisher(model)
-            for model in (RoundOpened, UpdateAccepted, RoundFinalized, RoundDeadline)
+            for model in (RoundOpened, UpdateAccepted, RoundFinalized, RoundDeadline, ChainReorged)
         }
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -56,13 +61,13 @@ class Watcher:
         assert follower is not None
         org = self.runtime.settings.org
         cursor = await self.load_cursor(follower)
-        fork = await asyncio.to_thread(follower.rewind_if_reorged, cursor)
-        if fork is not None:
-            log.error("reorg_below_confirmation_depth", fork_block=fork)
+        fork = await asyncio.to_thread(follower.find_fork, cursor)
         head = await asyncio.to_thread(follower.head)
         # Recorded before any round.opened goes out, so that consumers never see a round ahead of it.
         await write_state(self.runtime.redis, org, head.round, head.deadline, head.number)
-        events, safe = await asyncio.to_thread(follower.confirmed_events, cursor, head)
+        if fork is not None:
+            await self._reorged(cursor, fork, head)
+        events, safe, hashes = await asyncio.to_thread(follower.confirmed_events, cursor, head)
         published = 0
         for event in events:
             position = (event.block_number, event.log_index)
@@ -75,18 +80,30 @@ class Watcher:
             log.info("event_published", topic=event.routing_key, block=event.block_number,
                      round=getattr(event, "round", None))
         if safe > cursor.scanned_to:
-            await asyncio.to_thread(follower.remember, cursor, safe)
+            follower.remember(cursor, safe, hashes)
             await self.save_cursor(cursor)
         await self._deadline_tick(head)
         return published
+
+    async def _reorged(self, cursor: Cursor, fork: Fork, head: Head) -> None:
+        event = ChainReorged(
+            org=self.runtime.settings.org, message_id=f"reorg:{fork.block}:{fork.old_tip}", fork_block=fork.block,
+            fork_hash=fork.hash, depth=fork.depth, dropped_blocks=fork.dropped, round=head.round,
+        )
+        await self.publishers[ChainReorged.routing_key].publish(event)
+        log.warning("chain_reorged", fork_block=fork.block, depth=fork.depth, round=head.round)
+        async for key in self.runtime.redis.scan_iter(match=self.runtime.key("deadline", "*")):
+            await self.runtime.redis.delete(key)
+        ChainFollower.rewind(cursor, fork)
+        await self.save_cursor(cursor)
 
     async def _deadline_tick(self, head: Head) -> None:
         if head.timestamp < head.deadline:
             return
         key = self.runtime.key("deadline", head.round)
-        if await self.runtime.redis.set(key, 1, nx=True):
+        if await self.runtime.redis.set(key, head.number, nx=True):
             tick = RoundDeadline(org=self.runtime.settings.org, round=head.round, deadline=head.deadline,
-                                 message_id=f"deadline:{head.round}")
+                                 message_id=f"deadline:{head.round}:{head.number}")
             await self.publishers[RoundDeadline.routing_key].publish(tick)
             log.info("deadline_passed", round=head.round)
 

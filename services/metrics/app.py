@@ -6,7 +6,7 @@ from faststream import FastStream
 from prometheus_client import REGISTRY
 
 from services.metrics.book import MetricsBook
-from services.metrics.handlers import SERVICE, MetricsState, register
+from services.metrics.handlers import SERVICE, MetricsState, register, restore_totals
 from services.metrics.settings import MetricsSettings
 from wafl.bus.logs import configure_logging
 from wafl.bus.observability import serve_metrics
@@ -18,8 +18,16 @@ EXAMPLE = MetricsSettings(org="example")
 
 def create_app(settings: MetricsSettings = EXAMPLE, state: MetricsState | None = None) -> FastStream:
     runtime = make_runtime(settings, SERVICE)
-    register(runtime, state or MetricsState())
-    return make_app(runtime)
+    state = state or MetricsState()
+    ledger = register(runtime, state)
+    app = make_app(runtime)
+
+    @app.after_startup
+    async def _restore() -> None:
+        if state.book is not None:
+            await restore_totals(ledger, state.book)
+
+    return app
 
 
 async def serve(settings: MetricsSettings) -> None:

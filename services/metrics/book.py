@@ -1,19 +1,24 @@
 """The metrics service's plain core: Prometheus metrics from the event stream, and the quality of
-each finalised global model on the organisation's held-out data."""
+each finalised global model on the organisation's held-out data.
+
+The chain's totals are gauges set from the ledger (``ledger.py``): they equal the canonical chain,
+going down when a reorganisation drops blocks. Everything else counts this organisation's work
+(trained, proved, submitted), which a reorganisation does not undo."""
 
 from __future__ import annotations
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.metrics.ledger import ChainTotals
 from wafl.bus.messages import (
+    ChainReorged,
     Message,
     ProofGenerated,
     RoundDeadline,
     RoundFinalized,
     RoundFinalizeSent,
     RoundOpened,
-    UpdateAccepted,
     UpdateFailed,
     UpdateSubmitted,
     UpdateTrained,
@@ -30,13 +35,24 @@ class MetricsBook:
         self.cfg = cfg
         self.data = data
 
-        self.rounds_opened = Counter("wafl_rounds_opened", "Rounds opened on chain.", registry=registry)
-        self.rounds_finalized = Counter("wafl_rounds_finalized", "Rounds finalised on chain.", registry=registry)
+        self.rounds_opened = Gauge("wafl_chain_rounds_opened", "Rounds opened on the canonical chain.",
+                                   registry=registry)
+        self.rounds_finalized = Gauge("wafl_chain_rounds_finalized", "Rounds finalised on the canonical chain.",
+                                      registry=registry)
         self.deadlines = Counter(
             "wafl_round_deadlines", "Rounds whose deadline passed before their quorum.", registry=registry
         )
-        self.updates_accepted = Counter(
-            "wafl_updates_accepted", "Updates accepted on chain (all participants).", registry=registry
+        self.updates_accepted = Gauge(
+            "wafl_chain_updates_accepted", "Updates accepted on the canonical chain (all participants).",
+            registry=registry,
+        )
+        self.reorgs = Counter(
+            "wafl_chain_reorgs", "Reorganisations deeper than the chain watcher's confirmation depth.",
+            registry=registry,
+        )
+        self.reorg_depth = Histogram(
+            "wafl_chain_reorg_depth_blocks", "Scanned blocks each such reorganisation dropped.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry,
         )
         self.updates_trained = Counter("wafl_updates_trained", "Updates this organisation trained.", registry=registry)
         self.proofs = Counter("wafl_proofs_generated", "Proofs this organisation generated.", registry=registry)
@@ -75,19 +91,24 @@ class MetricsBook:
             "wafl_global_model_round", "The round that produced the latest evaluated model.", registry=registry
         )
 
+    def set_chain_totals(self, totals: ChainTotals) -> None:
+        self.rounds_opened.set(totals.rounds_opened)
+        self.rounds_finalized.set(totals.rounds_finalized)
+        self.updates_accepted.set(totals.updates_accepted)
+
     def record(self, event: Message) -> None:
         match event:
             case RoundOpened():
-                self.rounds_opened.inc()
                 self.current_round.set(max(self.current_round._value.get(), event.round))
             case RoundFinalized():
-                self.rounds_finalized.inc()
                 self.current_round.set(max(self.current_round._value.get(), event.round + 1))
                 self.evaluate(event.round, event.global_words)
+            case ChainReorged():
+                self.reorgs.inc()
+                self.reorg_depth.observe(event.depth)
+                self.current_round.set(event.round)
             case RoundDeadline():
                 self.deadlines.inc()
-            case UpdateAccepted():
-                self.updates_accepted.inc()
             case UpdateTrained():
                 self.updates_trained.inc()
                 self.train_seconds.observe(event.train_seconds)
@@ -112,7 +133,7 @@ class MetricsBook:
         accuracy, loss = evaluate(
             self.cfg, np.asarray(model.w), np.asarray(model.b), self.data.x_test, self.data.y_test
         )
-        if round_id >= self.model_round._value.get():
+        if round_id >= self.model_round._value.get():  # a reorganisation may finalise a round again
             self.accuracy.set(accuracy)
             self.loss.set(loss)
             self.model_round.set(round_id)

@@ -1,4 +1,5 @@
-"""Metrics handlers: every public topic, each event counted once."""
+"""Metrics handlers: every public topic, each event counted once; the chain's totals from the
+ledger, so that they equal the canonical chain after a reorganisation."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 import structlog
 
 from services.metrics.book import MetricsBook
+from services.metrics.ledger import ChainLedger
 from wafl.bus.chainstate import classify_round
-from wafl.bus.messages import PUBLIC_MESSAGES, Message
+from wafl.bus.messages import PUBLIC_MESSAGES, ChainEvent, ChainReorged, Message
 from wafl.bus.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
 from wafl.bus.service import Runtime
 
@@ -23,12 +25,19 @@ class MetricsState:
     book: MetricsBook | None = None
 
 
-def register(runtime: Runtime, state: MetricsState) -> None:
+def register(runtime: Runtime, state: MetricsState) -> ChainLedger:
+    ledger = ChainLedger(runtime.redis, runtime.key("ledger"))
     for model in PUBLIC_MESSAGES:
-        _subscribe(runtime, state, model)
+        _subscribe(runtime, state, ledger, model)
+    return ledger
 
 
-def _subscribe(runtime: Runtime, state: MetricsState, model: type[Message]) -> None:
+async def restore_totals(ledger: ChainLedger, book: MetricsBook) -> None:
+    """At start-up: the totals as the ledger holds them (they survive a restart)."""
+    book.set_chain_totals(await ledger.totals())
+
+
+def _subscribe(runtime: Runtime, state: MetricsState, ledger: ChainLedger, model: type[Message]) -> None:
     queue = runtime.topology.service_queue(SERVICE, model.routing_key)
 
     async def handle(event: Any) -> None:
@@ -42,6 +51,13 @@ def _subscribe(runtime: Runtime, state: MetricsState, model: type[Message]) -> N
             DUPLICATES_SKIPPED.labels(service=SERVICE, stage="count").inc()
             return
         state.book.record(event)
+        if isinstance(event, ChainEvent):
+            await ledger.add(event)
+        elif isinstance(event, ChainReorged):
+            dropped = await ledger.drop(event)
+            log.warning("chain_reorged", fork_block=event.fork_block, depth=event.depth, events_dropped=dropped)
+        if isinstance(event, ChainEvent | ChainReorged):
+            state.book.set_chain_totals(await ledger.totals())
         MESSAGES_HANDLED.labels(service=SERVICE, queue=queue.name).inc()
 
     handle.__annotations__["event"] = model

@@ -33,6 +33,7 @@ class JobProver:
         return ProofGenerated(
             org=self.org,
             round=job.round,
+            branch=job.branch,
             participant=job.participant,
             update_words=job.update_words,
             proof=result.proof.as_uint256x8(),

@@ -9,7 +9,14 @@ engine's (``engine.py``).
   or mined and reverted) because the round is closed or the participant already submitted may be
   ours on chain by another transaction (a version we lost track of, an operator, lost Redis
   state), and then that transaction is the answer (``_answer``, the one place of this rule);
-- a round is closed with ``finalizeRound`` once the contract says its deadline has passed.
+- a round is closed with ``finalizeRound`` once the contract says its deadline has passed;
+- update records are per opening of the round (``ProofGenerated.branch``): a round opened again
+  on another branch after a reorganisation is submitted anew. After a reorganisation deeper than
+  the confirmation depth (``chain.reorged``), every resolved transaction of the dropped blocks
+  that is no longer on chain is taken up again (``resubmit_dropped``): an update whose proof
+  still holds on the new branch is sent again, under the same record; one that no longer holds,
+  and every dropped ``finalizeRound``, is forgotten (the new branch brings its own proof and
+  deadline).
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class Submitter:
         policy: TxPolicy | None = None,
     ) -> None:
         self.aggregator = aggregator
+        self.redis = redis
         self.address: ChecksumAddress = account.address
         self.key_prefix = key_prefix
         self.org = org
@@ -79,9 +87,15 @@ class Submitter:
     def __repr__(self) -> str:  # never the account object (it holds the key)
         return f"Submitter(address={self.address}, aggregator={self.contract_address})"
 
-    def record_key(self, kind: str, round_id: int) -> str:
-        """Per aggregator (a redeployment starts again at round 1) and signing address."""
-        return f"{self.key_prefix}:tx:{self.contract_address.lower()}:{self.address.lower()}:{kind}:{round_id}"
+    def record_key(self, kind: str, round_id: int, branch: str | None = None) -> str:
+        """Per aggregator (a redeployment starts again at round 1) and signing address; an update's
+        also per opening of its round."""
+        key = f"{self._records_prefix}:{kind}:{round_id}"
+        return key if branch is None else f"{key}:{branch.lower()}"
+
+    @property
+    def _records_prefix(self) -> str:
+        return f"{self.key_prefix}:tx:{self.contract_address.lower()}:{self.address.lower()}"
 
     # ---- updates ----------------------------------------------------------------------------
 
@@ -96,7 +110,7 @@ class Submitter:
                 f"the proof is for participant {proof.participant}, this submitter signs for {self.address}"
             )
         started = time.time()
-        key = self.record_key("update", proof.round)
+        key = self.record_key("update", proof.round, proof.branch)
 
         async def first(session: NonceSession) -> Outcome:
             current = await asyncio.to_thread(self.aggregator.current_round)
@@ -119,35 +133,62 @@ class Submitter:
             record = self.engine.new_record("update", proof.round, data, estimate, allowance, started)
             return await self.engine.send(session, key, record)
 
-        return await self._answer(proof, await self.engine.resume_or(key, first))
+        return await self._answer(proof.round, key, await self.engine.resume_or(key, first))
 
-    async def _answer(self, proof: ProofGenerated, outcome: Outcome) -> UpdateSubmitted | UpdateFailed:
+    async def resubmit_dropped(self, fork_block: int) -> list[tuple[str, UpdateSubmitted | UpdateFailed]]:
+        """Take up the transactions a reorganisation at ``fork_block`` dropped (module docstring):
+        the answers to publish, with their record keys."""
+        answers: list[tuple[str, UpdateSubmitted | UpdateFailed]] = []
+        keys = [key async for key in self.redis.scan_iter(match=f"{self._records_prefix}:*")]
+        for key in sorted(k.decode() if isinstance(k, bytes) else str(k) for k in keys):
+            if ":published:" in key:
+                continue
+            async with self.engine.nonces.session() as session:
+                record = await self.engine.load(key)
+                if record is None or record.state == "pending" or (record.block_number or 0) <= fork_block:
+                    continue  # untouched by the reorganisation, or still being driven
+                if await asyncio.to_thread(self.engine.on_chain, record):
+                    continue  # mined again on the new branch
+                estimate = await self.engine.estimate(record.data) if record.kind == "update" else None
+                if not isinstance(estimate, int):
+                    await self.redis.delete(key)
+                    log.info("dropped_transaction_forgotten", kind=record.kind, round=record.round,
+                             reason=estimate.reason if estimate else "finalize")
+                    continue
+                log.warning("dropped_update_resent", round=record.round, old_tx=record.tx_hash)
+                record.state, record.tx_hash, record.block_number, record.nonce = "pending", None, None, None
+                await self.engine.save(key, record)
+                outcome = await self.engine.transact(session, key, record)
+            answers.append((key, await self._answer(record.round, key, outcome)))
+        return answers
+
+    async def _answer(self, round_id: int, key: str, outcome: Outcome) -> UpdateSubmitted | UpdateFailed:
         """Accepted (by our transaction, or already on chain by another one of ours), else failed."""
         if isinstance(outcome, Mined):
-            return self._submitted(proof, outcome)
+            return self._submitted(round_id, outcome)
         if outcome.reason in (ALREADY_SUBMITTED, ROUND_CLOSED):
-            on_chain = await self._find_accepted(proof.round)
+            on_chain = await self._find_accepted(round_id, key)
             if on_chain is not None:
                 log.info("update_already_on_chain", tx_hash=on_chain.tx_hash, reason=outcome.reason)
-                return self._submitted(proof, on_chain)
+                return self._submitted(round_id, on_chain)
         detail = outcome.detail
         if isinstance(outcome, Reverted):
             detail = f"{detail} (mined in {outcome.tx_hash})"
         TX_OUTCOMES.labels(kind="update", outcome=outcome.reason).inc()
         log.warning("update_failed", reason=outcome.reason, detail=detail)
-        return UpdateFailed(org=self.org, round=proof.round, participant=self.address, reason=outcome.reason,
+        return UpdateFailed(org=self.org, round=round_id, participant=self.address, reason=outcome.reason,
                             detail=redact(detail)[:500])
 
-    def _submitted(self, proof: ProofGenerated, mined: Mined) -> UpdateSubmitted:
+    def _submitted(self, round_id: int, mined: Mined) -> UpdateSubmitted:
         TX_OUTCOMES.labels(kind="update", outcome="mined").inc()
         return UpdateSubmitted(
             message_id=mined.tx_hash[2:],  # the same answer for every delivery: consumers can dedupe
-            org=self.org, round=proof.round, participant=self.address, tx_hash=mined.tx_hash,
+            org=self.org, round=round_id, participant=self.address, tx_hash=mined.tx_hash,
             block_number=mined.block_number, gas_used=mined.gas_used, submit_seconds=mined.submit_seconds,
             send_seconds=mined.send_seconds,
         )
 
-    async def _find_accepted(self, round_id: int) -> Mined | None:
+    async def _find_accepted(self, round_id: int, key: str) -> Mined | None:
         """The transaction that got this participant's update for ``round_id`` accepted, if any."""
 
         def find() -> Mined | None:
@@ -163,7 +204,7 @@ class Submitter:
         found = await asyncio.to_thread(find)
         if found is None:
             return None
-        record = await self.engine.load(self.record_key("update", round_id))
+        record = await self.engine.load(key)
         if record is not None and record.tx_hash == found.tx_hash and record.submit_seconds is not None:
             return Mined(found.tx_hash, found.block_number, found.gas_used, record.submit_seconds,
                          record.send_seconds or 0.0)

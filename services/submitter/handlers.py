@@ -1,5 +1,6 @@
 """Submitter handlers: proof.generated -> one transaction -> update.submitted or update.failed;
-round.deadline -> finalizeRound -> round.finalize_sent.
+round.deadline -> finalizeRound -> round.finalize_sent; chain.reorged -> the dropped updates sent
+again -> update.submitted or update.failed.
 
 A redelivered or repeated message never sends a second transaction (the core answers from its
 Redis record), and its answer is published once (``run_once`` per round and answer): a duplicate
@@ -15,8 +16,16 @@ import structlog
 
 from services.submitter.decisions import Submitter, UnknownRoundError, WrongParticipantError
 from services.submitter.records import RECORD_TTL_SECONDS
+from wafl.bus.chainstate import classify_round
 from wafl.bus.deadletter import RejectMessage
-from wafl.bus.messages import ProofGenerated, RoundDeadline, RoundFinalizeSent, UpdateFailed, UpdateSubmitted
+from wafl.bus.messages import (
+    ChainReorged,
+    ProofGenerated,
+    RoundDeadline,
+    RoundFinalizeSent,
+    UpdateFailed,
+    UpdateSubmitted,
+)
 from wafl.bus.observability import DUPLICATES_SKIPPED, MESSAGES_HANDLED
 from wafl.bus.service import Runtime, run_once
 
@@ -37,22 +46,11 @@ class SubmitterState:
 
 
 def register(runtime: Runtime, state: SubmitterState) -> None:
-    topology = runtime.topology
-    broker = runtime.broker
     redis = runtime.redis
 
-    submitted_out = broker.publisher(
-        exchange=topology.events, routing_key=UpdateSubmitted.routing_key, schema=UpdateSubmitted, persist=True,
-        title=UpdateSubmitted.routing_key,
-    )
-    failed_out = broker.publisher(
-        exchange=topology.events, routing_key=UpdateFailed.routing_key, schema=UpdateFailed, persist=True,
-        title=UpdateFailed.routing_key,
-    )
-    finalize_out = broker.publisher(
-        exchange=topology.events, routing_key=RoundFinalizeSent.routing_key, schema=RoundFinalizeSent,
-        persist=True, title=RoundFinalizeSent.routing_key,
-    )
+    submitted_out = runtime.event_publisher(UpdateSubmitted)
+    failed_out = runtime.event_publisher(UpdateFailed)
+    finalize_out = runtime.event_publisher(RoundFinalizeSent)
 
     async def publish_once(record_key: str, identity: str, publish: Callable[[], Awaitable[None]]) -> None:
         key = f"{record_key}:published:{identity}"
@@ -62,19 +60,7 @@ def register(runtime: Runtime, state: SubmitterState) -> None:
             log.info("answer_already_published", answer=identity)
             DUPLICATES_SKIPPED.labels(service=SERVICE, stage="publish").inc()
 
-    @broker.subscriber(
-        topology.service_queue(SERVICE, ProofGenerated.routing_key), topology.events,
-        title=f"{SERVICE}: {ProofGenerated.routing_key}",
-    )
-    async def on_proof_generated(event: ProofGenerated) -> None:
-        submitter = state.require()
-        structlog.contextvars.bind_contextvars(round=event.round, participant=event.participant,
-                                               message_id=event.message_id)
-        try:
-            answer = await submitter.submit(event)
-        except (UnknownRoundError, WrongParticipantError) as exc:
-            raise RejectMessage(str(exc)) from None
-
+    async def publish_answer(record_key: str, answer: UpdateSubmitted | UpdateFailed) -> None:
         async def publish() -> None:
             if isinstance(answer, UpdateSubmitted):
                 await submitted_out.publish(answer)
@@ -84,13 +70,30 @@ def register(runtime: Runtime, state: SubmitterState) -> None:
                 await failed_out.publish(answer)
 
         identity = answer.tx_hash if isinstance(answer, UpdateSubmitted) else f"failed:{answer.reason}"
-        await publish_once(submitter.record_key("update", event.round), identity, publish)
+        await publish_once(record_key, identity, publish)
+
+    @runtime.event_subscriber(ProofGenerated)
+    async def on_proof_generated(event: ProofGenerated) -> None:
+        submitter = state.require()
+        structlog.contextvars.bind_contextvars(round=event.round, participant=event.participant,
+                                               message_id=event.message_id)
+        try:
+            answer = await submitter.submit(event)
+        except (UnknownRoundError, WrongParticipantError) as exc:
+            raise RejectMessage(str(exc)) from None
+        await publish_answer(submitter.record_key("update", event.round, event.branch), answer)
         MESSAGES_HANDLED.labels(service=SERVICE, queue=ProofGenerated.routing_key).inc()
 
-    @broker.subscriber(
-        topology.service_queue(SERVICE, RoundDeadline.routing_key), topology.events,
-        title=f"{SERVICE}: {RoundDeadline.routing_key}",
-    )
+    @runtime.event_subscriber(ChainReorged)
+    async def on_chain_reorged(event: ChainReorged) -> None:
+        submitter = state.require()
+        structlog.contextvars.bind_contextvars(fork_block=event.fork_block, message_id=event.message_id)
+        await classify_round(redis, runtime.settings.org, event.round)  # RejectMessage if not our chain's
+        for record_key, answer in await submitter.resubmit_dropped(event.fork_block):
+            await publish_answer(record_key, answer)
+        MESSAGES_HANDLED.labels(service=SERVICE, queue=ChainReorged.routing_key).inc()
+
+    @runtime.event_subscriber(RoundDeadline)
     async def on_round_deadline(event: RoundDeadline) -> None:
         submitter = state.require()
         structlog.contextvars.bind_contextvars(round=event.round, message_id=event.message_id)

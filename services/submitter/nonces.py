@@ -13,7 +13,8 @@ the chain at each allocation:
 - the stored value is ahead and the node still knows the last transaction (pending or mined; a
   load-balanced RPC that has not seen it yet): the stored value, never reusing a nonce in flight;
 - the stored value is ahead and the node does not know the last transaction (it was dropped and
-  abandoned): the pending count, so that no gap blocks every later transaction.
+  abandoned), or holds it queued behind a gap (a reorganisation dropped the transactions before
+  it): the pending count, so that no gap blocks every later transaction.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class NonceSession:
         stored, last_tx = await m.stored()
         if stored is None or stored <= pending:
             return int(pending)
-        if last_tx is not None and await asyncio.to_thread(is_known, m.w3, last_tx):
+        if last_tx is not None and await asyncio.to_thread(_continues_the_chain, m.w3, last_tx, int(pending)):
             return stored
         log.warning("nonce_resynchronised", address=m.address, stored=stored, pending=pending, last_tx=last_tx)
         return int(pending)
@@ -153,6 +154,17 @@ class NonceSession:
         stored, _ = await m.stored()
         if stored is None or nonce + 1 >= stored:
             await m.redis.set(m.state_key, json.dumps({"next": nonce + 1, "last_tx": tx_hash}))
+
+
+def _continues_the_chain(w3: Web3, tx_hash: str, pending: int) -> bool:
+    """The node has the transaction mined, or pending with nothing missing below its nonce. One
+    queued behind a gap (a reorganisation dropped the transactions before it) never will be mined
+    until the gap is filled: counting on it would leave every later transaction stuck too."""
+    try:
+        tx = w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+    except TransactionNotFound:
+        return False
+    return tx.get("blockNumber") is not None or int(tx["nonce"]) < pending
 
 
 def is_known(w3: Web3, tx_hash: str) -> bool:

@@ -7,6 +7,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 RECORD_TTL_SECONDS = 30 * 24 * 3600
+# A replacement (same nonce) must raise both maxFeePerGas and maxPriorityFeePerGas by this much,
+# or geth refuses it as "replacement transaction underpriced".
+MIN_REPLACEMENT_BUMP_PERCENT = 10
 
 
 @dataclass(frozen=True)
@@ -15,7 +18,11 @@ class TxPolicy:
 
     receipt_timeout: float = 120.0
     resend_after: float = 15.0
+    # New blocks without a receipt before an unmined version is replaced (a block whose base fee
+    # exceeds the version's max fee replaces it at once).
+    replace_after_blocks: int = 3
     fee_bump_percent: int = 15
+    # The fee ceiling: no version offers more per gas, whatever the chain needs.
     max_fee_wei: int = 500 * 10**9
     gas_multiplier: float = 1.2
     lock_wait: float = 600.0
@@ -24,6 +31,13 @@ class TxPolicy:
     # Blocks on top of a receipt before it counts (reorg safety). A chain that mines only when a
     # transaction arrives (anvil's automining) never adds them: say confirmations=0 there.
     confirmations: int = 2
+
+    def __post_init__(self) -> None:
+        if self.fee_bump_percent < MIN_REPLACEMENT_BUMP_PERCENT:
+            raise ValueError(f"fee_bump_percent must be at least {MIN_REPLACEMENT_BUMP_PERCENT} (nodes refuse a "
+                             f"smaller replacement), not {self.fee_bump_percent}")
+        if self.replace_after_blocks < 1:
+            raise ValueError(f"replace_after_blocks must be at least 1, not {self.replace_after_blocks}")
 
 
 @dataclass
@@ -77,7 +91,7 @@ class Reverted:
 
 @dataclass(frozen=True)
 class NotMined:
-    reason: str  # timeout | dropped | refused | nonce_consumed, or the error a call reverts with
+    reason: str  # timeout | dropped | refused | nonce_consumed | fee_ceiling, or the error a call reverts with
     detail: str
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from services.submitter.records import TxPolicy
+from services.submitter.records import MIN_REPLACEMENT_BUMP_PERCENT, TxPolicy
 from wafl.bus.secrets import register_secret
 from wafl.bus.settings import ServiceSettings
 
@@ -33,12 +33,19 @@ class SubmitterSettings(ServiceSettings):
         default=_POLICY.resend_after, gt=0,
         description="seconds without a receipt before re-sending with the same nonce and a higher fee",
     )
+    replace_after_blocks: int = Field(
+        default=_POLICY.replace_after_blocks, ge=1, le=1000,
+        description="new blocks without a receipt before re-sending with the same nonce and a higher fee "
+                    "(a block whose base fee exceeds the pending max fee re-sends at once)",
+    )
     fee_bump_percent: int = Field(
-        default=_POLICY.fee_bump_percent, ge=10, le=200,
-        description="fee increase of a replacement (nodes require at least 10%)",
+        default=_POLICY.fee_bump_percent, ge=MIN_REPLACEMENT_BUMP_PERCENT, le=200,
+        description=f"fee increase of a replacement (nodes require at least {MIN_REPLACEMENT_BUMP_PERCENT}%)",
     )
     max_fee_gwei: float = Field(
-        default=_POLICY.max_fee_wei / 10**9, gt=0, description="never offer more than this per gas"
+        default=_POLICY.max_fee_wei / 10**9, gt=0,
+        description="the fee ceiling: never offer more than this per gas; a transaction the chain prices above it "
+                    "is reported (fee_ceiling) and left pending",
     )
     gas_multiplier: float = Field(
         default=_POLICY.gas_multiplier, ge=1.0, le=5.0, description="gas limit = estimate x this + allowance"
@@ -56,6 +63,7 @@ class SubmitterSettings(ServiceSettings):
         return TxPolicy(
             receipt_timeout=self.receipt_timeout,
             resend_after=self.resend_after,
+            replace_after_blocks=self.replace_after_blocks,
             fee_bump_percent=self.fee_bump_percent,
             max_fee_wei=int(self.max_fee_gwei * 10**9),
             gas_multiplier=self.gas_multiplier,

@@ -48,7 +48,8 @@ def register(runtime: Runtime, state: TrainerState) -> None:
 
         async def train_and_publish() -> None:
             try:
-                job, trained = await asyncio.to_thread(trainer.train, event.round, event.global_words)
+                job, trained = await asyncio.to_thread(trainer.train, event.round, event.global_words,
+                                                       event.block_hash)
             except UnprovableStepError as exc:
                 # Retrying gives the same step: say so once, and the federation goes on without us.
                 await failed_out.publish(trainer.failed(event.round, UNPROVABLE_STEP, str(exc)))
@@ -60,8 +61,9 @@ def register(runtime: Runtime, state: TrainerState) -> None:
                      train_seconds=round(trained.train_seconds, 4), loss=trained.loss)
 
         # Marked done after publishing: a crash in between retrains the same deterministic update
-        # and the prover recognises the duplicate job.
-        if await run_once(runtime.redis, runtime.key("trained", event.round), train_and_publish):
+        # and the prover recognises the duplicate job. Per opening of the round: a round opened
+        # again on another branch after a reorganisation is trained again.
+        if await run_once(runtime.redis, runtime.key("trained", event.round, event.block_hash), train_and_publish):
             MESSAGES_HANDLED.labels(service=SERVICE, queue=RoundOpened.routing_key).inc()
         else:
             log.info("round_already_trained")

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from services.trainer.core import TorchFixedPointTrainer
-from wafl.bus.messages import ProverJob, UpdateFailed, UpdateTrained
+from wafl.bus.messages import NO_BRANCH, ProverJob, UpdateFailed, UpdateTrained
 from wafl.core.config import ModelConfig
 from wafl.core.fixedpoint import Weights
 from wafl.core.packing import pack, unpack
@@ -33,9 +33,11 @@ class RoundTrainer:
         self.participant = participant
         self.trainer = TorchFixedPointTrainer(cfg)
 
-    def train(self, round_id: int, global_words: list[int]) -> tuple[ProverJob, UpdateTrained]:
+    def train(self, round_id: int, global_words: list[int], branch: str = NO_BRANCH) -> tuple[ProverJob, UpdateTrained]:
         """Train the round's batch from the global model: the private prover job and the public
         summary. Deterministic in (round, global model), so a retrained round is identical.
+        ``branch`` is the hash of the block that opened the round (see ``messages.Branch``);
+        ``NO_BRANCH`` for a step made outside a chain (the reference, benchmarks).
 
         The step is bounded (docs/design.md section 2): whatever the data, its result is provable
         once its inputs are in range. Raises ``UnprovableStepError`` when they are not.
@@ -54,6 +56,7 @@ class RoundTrainer:
         job = ProverJob(
             org=self.org,
             round=round_id,
+            branch=branch,
             participant=self.participant,
             global_words=list(global_words),
             update_words=update_words,

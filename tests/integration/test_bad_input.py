@@ -21,6 +21,7 @@ from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, drain
 from tools.simulate.federation import HonestOrg, Plan
 from wafl.bus.chainstate import write_state
 from wafl.bus.messages import (
+    ChainReorged,
     Message,
     ProofGenerated,
     ProverJob,
@@ -57,16 +58,19 @@ def sample(routing_key: str, org: str, round_id: int, who: str = WHO) -> Message
         "update.accepted": UpdateAccepted(org=org, round=round_id, participant=who, accepted=1, **chain),  # type: ignore[arg-type]
         "round.finalized": RoundFinalized(org=org, round=round_id, accepted=1, global_words=words, **chain),  # type: ignore[arg-type]
         "round.deadline": RoundDeadline(org=org, round=round_id, deadline=1),
+        "chain.reorged": ChainReorged(org=org, fork_block=1, fork_hash=HASH, depth=1, dropped_blocks=[HASH],
+                                      round=round_id),
         "update.trained": UpdateTrained(org=org, round=round_id, participant=who, update_words=words,
                                         train_seconds=0.1),
-        "proof.generated": ProofGenerated(org=org, round=round_id, participant=who, update_words=words, proof=[1] * 8,
-                                          proof_seconds=1.0, witness_seconds=0.1, queue_seconds=0.0),
+        "proof.generated": ProofGenerated(org=org, round=round_id, branch=HASH, participant=who, update_words=words,
+                                          proof=[1] * 8, proof_seconds=1.0, witness_seconds=0.1, queue_seconds=0.0),
         "update.submitted": UpdateSubmitted(org=org, round=round_id, participant=who, tx_hash=HASH, block_number=1,
                                             gas_used=1, submit_seconds=0.1),
         "update.failed": UpdateFailed(org=org, round=round_id, participant=who, reason="Wafl__InvalidProof"),
         "round.finalize_sent": RoundFinalizeSent(org=org, round=round_id, tx_hash=HASH, gas_used=1),
-        "prover.job": ProverJob(org=org, round=round_id, participant=who, global_words=words, update_words=words,
-                                x=[[0] * 13] * 16, y=[[1, 0, 0]] * 16, trained_at=datetime.now(UTC)),
+        "prover.job": ProverJob(org=org, round=round_id, branch=HASH, participant=who, global_words=words,
+                                update_words=words, x=[[0] * 13] * 16, y=[[1, 0, 0]] * 16,
+                                trained_at=datetime.now(UTC)),
     }
     return samples[routing_key]
 

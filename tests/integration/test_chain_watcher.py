@@ -1,6 +1,7 @@
 """Chain watcher against a real anvil chain, RabbitMQ and Redis: only confirmed events are
 published, each exactly once across restarts; a reorg inside the confirmation depth never
-reaches the queues; a passed deadline is announced once per round."""
+reaches the queues; a deeper one is said once, at its fork point, and only the new branch's
+events are published; a passed deadline is announced once per round (and branch)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from wafl.core.config import load_config
 
 CONFIRMATIONS = 3
 ROUND_SECONDS = 60
-TOPICS = ("round.opened", "round.finalized", "round.deadline")
+TOPICS = ("round.opened", "round.finalized", "round.deadline", "chain.reorged")
 
 
 @pytest.fixture()
@@ -93,22 +94,23 @@ def test_follower_publishes_only_confirmed_events_in_chain_order(
     cursor = Cursor(scanned_to=deployment.start_block - 1)
     finalize_after_deadline(w3, deployment, admin)
     head = follower.head()
-    events, safe = follower.confirmed_events(cursor, head)
+    events, safe, hashes = follower.confirmed_events(cursor, head)
     assert safe == head.number - CONFIRMATIONS
+    assert hashes == {n: w3.eth.get_block(n)["hash"].to_0x_hex() for n in range(deployment.start_block, safe + 1)}
     # Round 1 was opened at the attestations (confirmed by now); its finalisation is too recent.
     assert [(e.routing_key, e.round) for e in events] == [("round.opened", 1)]  # type: ignore[attr-defined]
-    follower.remember(cursor, safe)
+    follower.remember(cursor, safe, hashes)
 
     mine(w3, CONFIRMATIONS)
-    events, safe = follower.confirmed_events(cursor, follower.head())
+    events, safe, _ = follower.confirmed_events(cursor, follower.head())
     assert [(e.routing_key, e.round) for e in events] == [  # type: ignore[attr-defined]
         ("round.finalized", 1), ("round.opened", 2)]
     finalized, opened = events
     assert finalized.global_words == opened.global_words == AggregatorClient(w3, deployment).global_words()  # type: ignore[attr-defined]
-    # Ids are the log's position: a second scan of the same blocks yields the same ids.
-    again, _ = follower.confirmed_events(Cursor(scanned_to=cursor.scanned_to), follower.head())
+    # Ids are the log's place on its branch: a second scan of the same blocks yields the same ids.
+    again, _, _ = follower.confirmed_events(Cursor(scanned_to=cursor.scanned_to), follower.head())
     assert [e.message_id for e in again] == [e.message_id for e in events]
-    assert finalized.message_id == f"{finalized.tx_hash}:{finalized.log_index}"
+    assert finalized.message_id == f"{finalized.block_hash}:{finalized.log_index}"
 
 
 def test_restarts_miss_nothing_and_repeat_nothing(chain: tuple[Web3, Deployment, LocalAccount], org: str) -> None:
@@ -164,6 +166,78 @@ def test_reorg_within_the_confirmation_depth_is_never_published(
             assert await watch.poll_once() == 0
         got = await received(org, expect=1)
         assert [(topic, message["round"]) for topic, message in got] == [("round.opened", 1)]
+
+    asyncio.run(scenario())
+
+
+def test_a_reorg_deeper_than_the_confirmation_depth_is_said_once_and_replayed_from_its_fork(
+    chain: tuple[Web3, Deployment, LocalAccount], org: str,
+) -> None:
+    w3, deployment, admin = chain
+    aggregator = AggregatorClient(w3, deployment)
+
+    async def scenario() -> None:
+        async with watcher(org, w3, deployment) as watch:
+            finalize_after_deadline(w3, deployment, admin)  # finalized 1, opened 2: they stay
+            mine(w3, CONFIRMATIONS)
+            assert await watch.poll_once() == 3  # opened 1, finalized 1, opened 2
+            fork_block = w3.eth.block_number
+            fork_hash = w3.eth.get_block(fork_block)["hash"].to_0x_hex()
+            finalize_after_deadline(w3, deployment, admin)  # finalized 2, opened 3: dropped below
+            mine(w3, CONFIRMATIONS + 2)
+            assert await watch.poll_once() == 2
+            assert aggregator.current_round().round == 3
+            old = {n: w3.eth.get_block(n)["hash"].to_0x_hex() for n in range(fork_block + 1, w3.eth.block_number + 1)}
+            scanned = w3.eth.block_number - CONFIRMATIONS
+            # Every block after the fork replaced by an empty one, then a longer branch.
+            w3.provider.make_request("anvil_reorg", [w3.eth.block_number - fork_block, []])  # type: ignore[arg-type]
+            mine(w3, 2)
+            assert aggregator.current_round().round == 2
+            assert await watch.poll_once() == 0  # the reorg is said; nothing of the old branch again
+            assert await watch.poll_once() == 0  # and said once
+        async with watcher(org, w3, deployment) as restarted:
+            assert await restarted.poll_once() == 0  # not again after a restart either
+            finalize_after_deadline(w3, deployment, admin)  # round 2 closed again, on the new branch
+            mine(w3, CONFIRMATIONS)
+            assert await restarted.poll_once() == 2
+        got = await received(org, expect=8)
+        (reorg,) = [message for topic, message in got if topic == "chain.reorged"]
+        assert (reorg["fork_block"], reorg["fork_hash"], reorg["round"]) == (fork_block, fork_hash, 2)
+        assert reorg["depth"] == scanned - fork_block
+        assert reorg["dropped_blocks"] == [old[n] for n in range(fork_block + 1, scanned + 1)]
+        rounds = sorted((topic, message["round"]) for topic, message in got if topic != "chain.reorged")
+        assert rounds == [("round.finalized", 1), ("round.finalized", 2), ("round.finalized", 2),
+                          ("round.opened", 1), ("round.opened", 2), ("round.opened", 3), ("round.opened", 3)]
+        # The new branch's events are new ones: other blocks, other ids.
+        opened_3 = [m for topic, m in got if topic == "round.opened" and m["round"] == 3]
+        assert opened_3[0]["block_hash"] != opened_3[1]["block_hash"]
+        assert opened_3[1]["block_hash"] == w3.eth.get_block(opened_3[1]["block_number"])["hash"].to_0x_hex()
+        assert len({m["message_id"] for _, m in got}) == 8
+
+    asyncio.run(scenario())
+
+
+def test_a_new_branch_shorter_than_the_scanned_one_is_a_reorg_too(
+    chain: tuple[Web3, Deployment, LocalAccount], org: str,
+) -> None:
+    w3, deployment, admin = chain
+
+    async def scenario() -> None:
+        async with watcher(org, w3, deployment) as watch:
+            mine(w3, CONFIRMATIONS)
+            assert await watch.poll_once() == 1  # opened 1
+            fork_block = w3.eth.block_number - CONFIRMATIONS
+            finalize_after_deadline(w3, deployment, admin)
+            mine(w3, CONFIRMATIONS)
+            assert await watch.poll_once() == 2  # finalized 1, opened 2
+            # Back to before the finalisation, and no new blocks: the scanned height is gone.
+            w3.provider.make_request("anvil_rollback", [w3.eth.block_number - fork_block])  # type: ignore[arg-type]
+            assert await watch.poll_once() == 0
+            mine(w3, CONFIRMATIONS + 3)
+            assert await watch.poll_once() == 0  # said once; the new branch has no event
+        got = await received(org, expect=4)
+        (reorg,) = [message for topic, message in got if topic == "chain.reorged"]
+        assert reorg["fork_block"] <= fork_block and reorg["round"] == 1
 
     asyncio.run(scenario())
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -109,6 +110,21 @@ def test_a_service_whose_chain_is_unreachable_says_so(w3: Web3, tmp_path: Path) 
     line = one_line_exit_2(proc.returncode, proc.stdout, proc.stderr)
     assert line.startswith("wafl chain_watcher: no Ethereum node answers at http://u:***@127.0.0.1:1"), line
     assert WRONG_PASSWORD not in proc.stdout + proc.stderr and left == []
+
+
+def test_a_metrics_port_in_use_is_one_line(w3: Web3, tmp_path: Path, org: str) -> None:
+    deployment = tmp_path / "deployment.json"
+    deploy(w3, new_account(w3), load_config("iris-4x3-b3"), quorum=1, round_duration=60).save(deployment)
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc, left = wafl("run", "metrics", env={"WAFL_ORG": org, "WAFL_DEPLOYMENT": str(deployment),
+                                                 "WAFL_AMQP_URL": AMQP_URL, "WAFL_REDIS_URL": REDIS_URL,
+                                                 "WAFL_METRICS_PORT": str(port)})
+    line = one_line_exit_2(proc.returncode, proc.stdout, proc.stderr)
+    assert f"cannot serve /metrics on port {port} (WAFL_METRICS_PORT)" in line, line
+    assert left == []
 
 
 def test_a_broker_that_refuses_the_password(tmp_path: Path) -> None:

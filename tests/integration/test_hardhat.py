@@ -5,29 +5,33 @@ naming the accounts when it has none)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 import subprocess
 import sys
-import threading
-import urllib.request
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 from web3.logs import DISCARD
 
+from services.submitter.records import Outcome, Reverted
+from tests.support.brokers import REDIS_URL
+from tests.support.nodes import StockHardhatNode, standard_methods_only
+from tests.support.submitting import submitter
 from tests.support.updates import Update, make_update
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.artifact import Deployment
 from wafl.chain.deploy import deploy
 from wafl.chain.hardhat import HARDHAT_CONFIG, HardhatNode, hardhat_cli
-from wafl.chain.nodes import FundsNeededError, free_port, fund, fund_all, increase_time, set_balance_method
+from wafl.chain.nodes import FundsNeededError, fund, fund_all, increase_time, set_balance_method
 from wafl.chain.tx import ContractRevertError
 from wafl.core.config import ModelConfig
 from wafl.core.paths import NODE_MODULES, PROJECT_ROOT
@@ -141,10 +145,6 @@ def test_deploy_submit_and_reject_with_custom_errors(hw3: Web3, ref_config: Mode
     assert aggregator.current_round().round == 2
 
 
-class StockHardhatNode(HardhatNode):
-    throw_on_transaction_failures = True
-
-
 def test_a_stock_hardhat_node_answering_a_mined_revert_with_an_error(ref_config: ModelConfig,
                                                                      ref_worker: Prover) -> None:
     """`npx hardhat node` as anyone runs it: eth_sendRawTransaction of a reverting transaction
@@ -163,6 +163,40 @@ def test_a_stock_hardhat_node_answering_a_mined_revert_with_an_error(ref_config:
         assert mined.value.receipt is not None and mined.value.receipt["status"] == 0
         aggregator.submit_update(member, 1, update.words, update.proof)
         assert aggregator.current_round().round == 2  # quorum 1: the update finalised the round
+
+
+def test_the_submitters_engine_resolves_a_mined_revert_on_a_stock_hardhat_node(
+    org: str, ref_config: ModelConfig, ref_worker: Prover
+) -> None:
+    """A stock node answers the eth_sendRawTransaction of a transaction that reverted when mined
+    with an error (its hash in error.data.txHash). The engine takes it as sent, not refused: the
+    receipt resolves it as reverted, named by its custom error, and it was sent once."""
+    with StockHardhatNode() as node:
+        w3 = node.web3()
+        member = funded(w3)
+        deployment = deploy(w3, funded(w3), ref_config, quorum=1, round_duration=ROUND_SECONDS,
+                            participants=[member])
+        aggregator = AggregatorClient(w3, deployment)
+        update = make_update(ref_config, ref_worker, aggregator.global_model(), member.address, 1,
+                             random.Random(5))
+        # What estimation cannot rule out: a call that passed it reverts once mined (sent as such here).
+        data = aggregator.contract.functions.submitUpdate(1, update.words, tampered(update))._encode_transaction_data()
+        sent_before = w3.eth.get_transaction_count(member.address)
+
+        async def scenario() -> Outcome:
+            client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+            try:
+                engine = submitter(client, w3, deployment, member, org).engine
+                key = f"wafl:{org}:submitter:tx:stock-hardhat"
+                record = engine.new_record("update", 1, data, MINED_GAS_LIMIT, 0, time.time())
+                return await engine.resume_or(key, lambda session: engine.send(session, key, record))
+            finally:
+                await client.aclose()
+
+        outcome = asyncio.run(scenario())
+        assert isinstance(outcome, Reverted) and outcome.reason == "Wafl__InvalidProof", outcome
+        assert w3.eth.get_transaction_receipt(outcome.tx_hash)["status"] == 0  # type: ignore[arg-type]
+        assert w3.eth.get_transaction_count(member.address) == sent_before + 1  # sent once
 
 
 def test_the_same_transactions_cost_the_same_gas_on_anvil_and_hardhat(
@@ -258,66 +292,26 @@ def test_fund_by_the_nodes_own_cheat_code(node: str, method: str, request: pytes
         set_balance_method(w3, "0x1234", 1)
 
 
-class StandardMethodsOnly(ThreadingHTTPServer):
-    """A JSON-RPC endpoint as a public chain's node answers: the standard namespaces (eth_, net_,
-    web3_) are served by the real node behind it, anything else gets geth's "method not found"."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        super().__init__(("127.0.0.1", free_port()), _Forward)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Forward(BaseHTTPRequestHandler):
-    server: StandardMethodsOnly
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = json.loads(body)
-        if str(request["method"]).split("_")[0] in ("eth", "net", "web3"):
-            forwarded = urllib.request.Request(self.server.backend, body, {"Content-Type": "application/json"})
-            with urllib.request.urlopen(forwarded, timeout=30) as response:
-                answer = response.read()
-        else:
-            answer = json.dumps({"jsonrpc": "2.0", "id": request["id"], "error": {
-                "code": -32601, "message": f"the method {request['method']} does not exist/is not available"}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_a_node_without_a_cheat_code_names_the_accounts_that_need_funds(hardhat: HardhatNode,
                                                                         hw3: Web3) -> None:
-    gateway = StandardMethodsOnly(hardhat.url)
-    thread = threading.Thread(target=gateway.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with standard_methods_only(hardhat.url) as gateway:
         public = Web3(HTTPProvider(gateway.url))
         assert public.eth.chain_id == 31337  # a real node behind it
-        rich, half, empty = (Account.create().address for _ in range(3))
+        rich, half, empty, other = (Account.create().address for _ in range(4))
         fund(hw3, rich, 10**21)
         fund(hw3, half, 4 * 10**20)
         fund(public, rich)  # already holds the amount: nothing to do, no error
         with pytest.raises(FundsNeededError) as needed:
-            fund_all(public, [rich, half, empty.lower()], 10**21)
-        assert needed.value.needs == {half: 6 * 10**20, empty: 10**21}
+            fund_all(public, [rich, half, empty.lower(), other], 10**21)
+        assert needed.value.needs == {half: 6 * 10**20, empty: 10**21, other: 10**21}
         message = str(needed.value)
-        assert gateway.url in message and half in message and empty in message and rich not in message
+        assert gateway.url in message and rich not in message
         assert "anvil_setBalance or hardhat_setBalance" in message
+        # One line, what each lacks in ether, the accounts that lack the same grouped.
+        assert f"send 600 ETH to {half}; 1000 ETH each to {empty}, {other} (from a funded account), " \
+               "then start again" in message
         with pytest.raises(FundsNeededError, match=empty):
             fund(public, empty)
         assert public.eth.get_balance(empty) == 0
         with pytest.raises(RuntimeError, match="evm_increaseTime failed"):
             increase_time(public, 60)
-    finally:
-        gateway.shutdown()
-        gateway.server_close()
-        thread.join(timeout=10)

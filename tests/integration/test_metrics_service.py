@@ -1,23 +1,26 @@
 """Metrics service against the real RabbitMQ and Redis: every public event is counted once
 (repeats with the same id are not), the global model is evaluated on held-out data when a round
-is finalised, and a malformed event is dead-lettered."""
+is finalised, a malformed event is dead-lettered, and the chain's totals follow a reorganisation
+and survive a restart."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from services.metrics.book import MetricsBook
-from services.metrics.handlers import MetricsState, register
+from services.metrics.handlers import MetricsState, register, restore_totals
 from services.metrics.settings import MetricsSettings
 from services.trainer.rounds import RoundTrainer
 from tests.support.brokers import AMQP_URL, REDIS_URL, amqp, drain, publish_raw, serving
 from wafl.bus.chainstate import write_state
 from wafl.bus.messages import (
+    ChainReorged,
     Message,
     ProofGenerated,
     RoundDeadline,
@@ -59,7 +62,7 @@ def test_events_are_counted_once_and_the_model_is_evaluated(org: str) -> None:
     events: list[Message] = [
         RoundOpened(org=org, round=1, deadline=100, global_words=zero, **chain(1)),  # type: ignore[arg-type]
         UpdateTrained(org=org, round=1, participant=PARTICIPANT, update_words=trained, train_seconds=0.02),
-        ProofGenerated(org=org, round=1, participant=PARTICIPANT, update_words=trained, proof=[1] * 8,
+        ProofGenerated(org=org, round=1, branch=HASH, participant=PARTICIPANT, update_words=trained, proof=[1] * 8,
                        proof_seconds=1.5, witness_seconds=0.25, queue_seconds=0.1),
         UpdateSubmitted(org=org, round=1, participant=PARTICIPANT, tx_hash=HASH, block_number=3, gas_used=290_000,
                         submit_seconds=0.4),
@@ -74,9 +77,9 @@ def test_events_are_counted_once_and_the_model_is_evaluated(org: str) -> None:
     registry = CollectorRegistry()
     dead = asyncio.run(run_metrics(org, MetricsBook(registry, cfg, data), registry, events))
 
-    assert value(registry, "wafl_rounds_opened_total") == 2
-    assert value(registry, "wafl_rounds_finalized_total") == 1
-    assert value(registry, "wafl_updates_accepted_total") == 1
+    assert value(registry, "wafl_chain_rounds_opened") == 2
+    assert value(registry, "wafl_chain_rounds_finalized") == 1
+    assert value(registry, "wafl_chain_updates_accepted") == 1
     assert value(registry, "wafl_updates_trained_total") == 1
     assert value(registry, "wafl_proofs_generated_total") == 1
     assert value(registry, "wafl_updates_submitted_total") == 1
@@ -107,7 +110,64 @@ async def run_metrics(org: str, book: MetricsBook, registry: CollectorRegistry, 
         dead_queue = await channel.declare_queue(topology.dead_letters.name, passive=True)
         dead = await drain(dead_queue, 1, timeout=30)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and value(registry, "wafl_rounds_opened_total") < 2:
+        while time.monotonic() < deadline and value(registry, "wafl_chain_rounds_opened") < 2:
             await asyncio.sleep(0.1)
         await asyncio.sleep(1.0)  # a repeat, if it were counted, would arrive by now
     return list(dead)
+
+
+def on_branch(block: int, block_hash: str, log_index: int = 0) -> dict[str, object]:
+    return {"block_number": block, "block_hash": block_hash, "tx_hash": HASH, "log_index": log_index,
+            "message_id": f"{block_hash}:{log_index}"}
+
+
+def test_chain_totals_follow_a_reorganisation_and_survive_a_restart(org: str) -> None:
+    """Blocks 3 and 4 (an update, the finalisation, round 2's opening) are dropped; the new
+    branch's block 3 accepts the update again. That event arrives before the reorganisation does
+    (they travel on different queues): it is kept."""
+    words = [0] * 4
+    old_3, old_4, new_3 = ("0x" + c * 64 for c in "abc")
+    events: list[Message] = [
+        RoundOpened(org=org, round=1, deadline=100, global_words=words, **on_branch(1, HASH)),  # type: ignore[arg-type]
+        UpdateAccepted(org=org, round=1, participant=PARTICIPANT, accepted=1, **on_branch(3, old_3)),  # type: ignore[arg-type]
+        RoundFinalized(org=org, round=1, accepted=1, global_words=words, **on_branch(4, old_4)),  # type: ignore[arg-type]
+        RoundOpened(org=org, round=2, deadline=200, global_words=words, **on_branch(4, old_4, 1)),  # type: ignore[arg-type]
+        UpdateAccepted(org=org, round=1, participant=PARTICIPANT, accepted=1, **on_branch(3, new_3)),  # type: ignore[arg-type]
+        ChainReorged(org=org, message_id="reorg:2:" + old_4, fork_block=2, fork_hash=HASH, depth=2,
+                     dropped_blocks=[old_3, old_4], round=1),
+    ]
+    registry = CollectorRegistry()
+    book = MetricsBook(registry)
+    asyncio.run(run_until(org, book, events, lambda: value(registry, "wafl_chain_reorgs_total") == 1))
+    totals = {name: value(registry, name) for name in
+              ("wafl_chain_rounds_opened", "wafl_chain_rounds_finalized", "wafl_chain_updates_accepted")}
+    assert totals == {"wafl_chain_rounds_opened": 1, "wafl_chain_rounds_finalized": 0,
+                      "wafl_chain_updates_accepted": 1}
+    assert value(registry, "wafl_chain_reorg_depth_blocks_sum") == 2
+    assert value(registry, "wafl_current_round") == 1
+
+    # A restarted metrics service reads the totals back.
+    restarted = CollectorRegistry()
+    asyncio.run(restore(org, MetricsBook(restarted)))
+    assert {name: value(restarted, name) for name in totals} == totals
+
+
+async def run_until(org: str, book: MetricsBook, events: list[Message], done: Callable[[], bool]) -> None:
+    settings = MetricsSettings(org=org, amqp_url=AMQP_URL, redis_url=REDIS_URL)
+    runtime = make_runtime(settings, "metrics")
+    register(runtime, MetricsState(book))
+    await write_state(runtime.redis, org, 2, 200, 5)
+    async with serving(runtime) as topology:
+        for event in events:
+            await runtime.broker.publish(event, exchange=topology.events, routing_key=event.routing_key, persist=True)
+            if isinstance(event, UpdateAccepted) and event.block_hash.startswith("0xc"):
+                await asyncio.sleep(1.0)  # the new branch's event is counted before the reorganisation
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not done():
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # anything still on its way is counted by now
+
+
+async def restore(org: str, book: MetricsBook) -> None:
+    runtime = make_runtime(MetricsSettings(org=org, amqp_url=AMQP_URL, redis_url=REDIS_URL), "metrics")
+    await restore_totals(register(runtime, MetricsState(book)), book)

@@ -71,20 +71,22 @@ def make_job(org: str, deployment: Deployment, w3: Web3, participant: str) -> Pr
 
 async def run_prover(
     org: str, worker: Prover, deployment: Deployment, publish: list[bytes | dict[str, Any]],
-    expect_proofs: int, expect_dead: int,
-) -> tuple[list[Any], list[Any]]:
+    expect_proofs: int, expect_dead: int, expect_failed: int = 0,
+) -> tuple[list[Any], list[Any], list[Any]]:
     settings = ProverSettings(org=org, amqp_url=AMQP_URL, redis_url=REDIS_URL)
     runtime = make_runtime(settings, "prover")
     register(runtime, ProverState(JobProver(deployment.model_config, worker, org)))
     await write_state(runtime.redis, org, 1, 0, 1)  # what the chain watcher records
     async with amqp() as channel:
         proofs = await bind_observer(channel, runtime.topology.events.name, "proof.generated")
+        failures = await bind_observer(channel, runtime.topology.events.name, "update.failed")
         async with serving(runtime) as topology:
             dead_queue = await channel.declare_queue(topology.dead_letters.name, passive=True)
             await publish_raw(runtime, publish, queue=topology.prover_jobs.name, persist=True)
             generated = await drain(proofs, expect_proofs, timeout=90, settle=1.0)
             dead = await drain(dead_queue, expect_dead, timeout=30)
-    return generated, dead
+            failed = await drain(failures, expect_failed, timeout=10)
+    return generated, dead, failed
 
 
 def test_a_job_becomes_a_proof_the_contract_accepts_once(
@@ -93,9 +95,15 @@ def test_a_job_becomes_a_proof_the_contract_accepts_once(
     job = json.loads(make_job(org, deployment, w3, member.address).model_dump_json())
     skipped = counter("wafl_duplicates_skipped_total", service="prover", stage="prove")
     # The same job twice (a redelivery after a lost ack looks the same): one proof, published again.
-    generated, dead = asyncio.run(run_prover(org, worker, deployment, [job, {**job, "message_id": "again"}],
-                                             expect_proofs=2, expect_dead=0))
-    assert len(generated) == 2 and not dead
+    other_branch = {**job, "message_id": "reopened", "branch": "0x" + "44" * 32}
+    generated, dead, _ = asyncio.run(run_prover(org, worker, deployment,
+                                                [job, {**job, "message_id": "again"}, other_branch],
+                                                expect_proofs=3, expect_dead=0))
+    assert len(generated) == 3 and not dead
+    # The round opened again on another branch is proved again, for that branch.
+    reproved = next(body(m) for m in generated if body(m)["branch"] == other_branch["branch"])
+    generated = [m for m in generated if body(m)["branch"] == job["branch"]]
+    assert len(generated) == 2 and reproved["proof"] != body(generated[0])["proof"]
     first, second = (body(m) for m in generated)
     assert first["proof"] == second["proof"] and first["message_id"] == second["message_id"]
     assert counter("wafl_duplicates_skipped_total", service="prover", stage="prove") == skipped + 1
@@ -112,9 +120,13 @@ def test_unprovable_and_malformed_jobs_are_dead_lettered(
     words = [int(w) for w in job["update_words"]]
     tampered = {**job, "update_words": [str(words[0] ^ 1), *(str(w) for w in words[1:])]}
     missing_batch = {k: v for k, v in job.items() if k != "x"}
-    generated, dead = asyncio.run(run_prover(org, worker, deployment, [tampered, missing_batch, b"\x00"],
-                                             expect_proofs=0, expect_dead=3))
+    generated, dead, failed = asyncio.run(run_prover(org, worker, deployment, [tampered, missing_batch, b"\x00"],
+                                                     expect_proofs=0, expect_dead=3, expect_failed=1))
     assert not generated
+    # The job that can never be proven is also announced: this organisation has no update.
+    (notice,) = (body(m) for m in failed)
+    assert (notice["round"], notice["participant"], notice["reason"]) == (1, member.address, "unsatisfied_constraint")
+    assert str(job["x"][0][0]) not in json.dumps(notice)
     reasons = sorted(str(m.headers[DEAD_LETTER_REASON]) for m in dead)
     assert any(r.startswith("rejected: the job does not satisfy the circuit") for r in reasons), reasons
     assert sum(r.startswith("invalid message") for r in reasons) == 2, reasons

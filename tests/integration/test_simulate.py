@@ -214,7 +214,7 @@ def test_an_unprovable_step_is_update_failed_and_the_federation_goes_on(monkeypa
     assert all(r.matches_reference for r in records)
     assert records[1].failed == [f"org2: unprovable_step: FixedPointRangeError: X[{2 * cfg.d_in}] is outside "
                                  f"[{cfg.data_min}, {cfg.data_max}]"]  # row 2 of the batch, column 0
-    assert records[2].failed[0].startswith("org1: unprovable_job: rejected: the job does not satisfy the circuit")
+    assert records[2].failed == ["org1: unsatisfied_constraint: the job does not satisfy the circuit"]
     assert seen.count("org2 update.failed") == 1 and seen.count("org1 update.failed") == 1
 
 

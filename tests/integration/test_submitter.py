@@ -177,8 +177,8 @@ def test_one_key_two_replicas_concurrent_finalize_and_submit(
             closer = submitter(clients[0], w3, short, member, org)
             sender = submitter(clients[1], w3, long, member, org)
             finalized, submitted = await asyncio.gather(closer.finalize(1), sender.submit(message))
-            records = [TxRecord.loads(await clients[0].get(s.record_key(k, 1)) or "")
-                       for s, k in ((closer, "finalize"), (sender, "update"))]
+            keys = (closer.record_key("finalize", 1), sender.record_key("update", 1, message.branch))
+            records = [TxRecord.loads(await clients[0].get(key) or "") for key in keys]
             return finalized, submitted, records[0], records[1]
         finally:
             for c in clients:

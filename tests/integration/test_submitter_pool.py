@@ -25,7 +25,7 @@ from tests.conftest import new_account
 from tests.support.brokers import REDIS_URL, counter
 from tests.support.submitting import accepted_logs, proof_message, submitter
 from tests.support.updates import make_update
-from wafl.bus.messages import ProofGenerated, UpdateFailed, UpdateSubmitted
+from wafl.bus.messages import NO_BRANCH, ProofGenerated, UpdateFailed, UpdateSubmitted
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.artifact import Deployment
 from wafl.chain.deploy import deploy
@@ -156,7 +156,7 @@ def test_dropped_transaction_is_resent_with_the_same_nonce(
             second = await wait_for(lambda: pool_of(w3, member.address).get(start), "the re-sent version")
             await asyncio.to_thread(rpc, w3, "evm_mine")
             answer = await asyncio.wait_for(task, 30)
-            record = TxRecord.loads(await redis.get(sub.record_key("update", 1)) or "")
+            record = TxRecord.loads(await redis.get(sub.record_key("update", 1, NO_BRANCH)) or "")
             again = await sub.submit(message)  # a redelivery: looked up, not sent
             return answer, first["hash"], second["hash"], record, again
         finally:
@@ -204,7 +204,7 @@ def test_unmined_transaction_is_replaced_with_a_higher_fee_and_accepted_once(
                     "a replacement"))
             await asyncio.to_thread(rpc, w3, "evm_mine")
             answer = await asyncio.wait_for(task, 30)
-            record = TxRecord.loads(await redis.get(sub.record_key("update", 1)) or "")
+            record = TxRecord.loads(await redis.get(sub.record_key("update", 1, NO_BRANCH)) or "")
             return answer, seen, record
         finally:
             await redis.aclose()
@@ -293,7 +293,7 @@ def test_nonce_taken_by_another_transaction_gets_a_new_nonce_once(
             await wait_for(lambda: pool_of(w3, member.address).get(start + 1), "the update under the next nonce")
             await asyncio.to_thread(rpc, w3, "evm_mine")
             answer = await asyncio.wait_for(task, 30)
-            record = TxRecord.loads(await redis.get(sub.record_key("update", 1)) or "")
+            record = TxRecord.loads(await redis.get(sub.record_key("update", 1, NO_BRANCH)) or "")
             return answer, foreign.hash.to_0x_hex(), record
         finally:
             await redis.aclose()
@@ -338,7 +338,7 @@ def test_revert_caused_earlier_in_its_block_is_named_by_that_cause(
             theirs = w3.eth.send_raw_transaction(signed.raw_transaction).to_0x_hex()
             await asyncio.to_thread(rpc, w3, "evm_mine")
             answer = await asyncio.wait_for(task, 30)
-            return answer, theirs, TxRecord.loads(await redis.get(sub.record_key("update", 1)) or "")
+            return answer, theirs, TxRecord.loads(await redis.get(sub.record_key("update", 1, NO_BRANCH)) or "")
         finally:
             await redis.aclose()
 

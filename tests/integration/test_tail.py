@@ -14,15 +14,15 @@ import aio_pika
 
 from tests.support.brokers import AMQP_URL, delete_org, unique_org
 from tools.tail import format_line
-from wafl.bus.messages import ProofGenerated, UpdateFailed, UpdateSubmitted
+from wafl.bus.messages import ChainReorged, ProofGenerated, UpdateFailed, UpdateSubmitted
 from wafl.bus.topology import DEAD_LETTER_QUEUE, DEAD_LETTER_REASON, Topology
 
 PARTICIPANT = "0x" + "12" * 20
 
 
 def events(org: str) -> list[tuple[str, bytes]]:
-    proof = ProofGenerated(org=org, round=3, participant=PARTICIPANT, update_words=[1, 2], proof=list(range(8)),
-                           proof_seconds=1.9, witness_seconds=0.1, queue_seconds=0.25)
+    proof = ProofGenerated(org=org, round=3, branch="0x" + "34" * 32, participant=PARTICIPANT, update_words=[1, 2],
+                           proof=list(range(8)), proof_seconds=1.9, witness_seconds=0.1, queue_seconds=0.25)
     failed = UpdateFailed(org=org, round=3, participant=PARTICIPANT, reason="Wafl__InvalidProof")
     return [(m.routing_key, m.model_dump_json().encode()) for m in (proof, failed)]
 
@@ -40,6 +40,9 @@ def test_format_line_summarises_each_topic() -> None:
                        raw=False, dead_letter=True)
     assert "DEAD" in dead and "invalid message: body is not JSON" in dead and "trainer.round.opened" in dead
     assert "unreadable body" in format_line("round.opened", b"\xff\xfe", {}, raw=False, dead_letter=False)
+    reorg = ChainReorged(org=org, fork_block=120, fork_hash="0x" + "ab" * 32, depth=7, dropped_blocks=[], round=4)
+    line = format_line(reorg.routing_key, reorg.model_dump_json().encode(), {}, raw=False, dead_letter=False)
+    assert "chain.reorged" in line and "round 4" in line and "7 published blocks dropped after block 120" in line
 
 
 def test_tail_prints_matching_events_until_interrupted() -> None:

@@ -122,3 +122,16 @@ def test_an_unprovable_step_is_update_failed_once_with_its_reason(org: str, depl
     assert (notice["round"], notice["participant"], notice["reason"]) == (1, "0x" + "ab" * 20, "unprovable_step")
     assert notice["detail"] == f"FixedPointRangeError: X[3] is outside [{cfg.data_min}, {cfg.data_max}]"
     assert str(cfg.data_max + 4321) not in failed[0].body.decode()
+
+
+def test_a_round_opened_again_on_another_branch_is_trained_again(org: str, deployment: Deployment, w3: Web3) -> None:
+    """After a reorganisation the round opens in another block (perhaps from another global
+    model): a new job for that branch. The same opening repeated is still trained once."""
+    first = json.loads(opened(org, deployment, w3).model_dump_json())
+    reopened = {**first, "block_hash": "0x" + "33" * 32, "block_number": 2, "message_id": "0x" + "33" * 32 + ":0"}
+    jobs, trained, dead, _ = asyncio.run(run_trainer(
+        org, deployment, w3, [first, reopened, {**reopened, "message_id": "again"}], expect_jobs=2, expect_dead=0,
+    ))
+    assert len(jobs) == 2 and len(trained) == 2 and not dead
+    assert sorted(body(j)["branch"] for j in jobs) == sorted([first["block_hash"], reopened["block_hash"]])
+    assert body(jobs[0])["update_words"] == body(jobs[1])["update_words"]  # the same global model here

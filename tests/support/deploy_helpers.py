@@ -6,9 +6,11 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -87,6 +89,22 @@ def wafl_grafana() -> ModuleType:
 def grafana_module(name: str) -> ModuleType:
     wafl_grafana()
     return importlib.import_module(f"wafl_grafana.{name}")
+
+
+@functools.cache
+def defined_metrics() -> frozenset[str]:
+    """The wafl_* metric names the library and the services define (prometheus-client's, without
+    the _total, _bucket... suffixes it adds)."""
+    names: set[str] = set()
+    for path in [*ROOT.joinpath("wafl").rglob("*.py"), *ROOT.joinpath("services").rglob("*.py")]:
+        names |= set(re.findall(r"""(?:Counter|Gauge|Histogram|Summary)\(\s*["'](wafl_\w+)["']""", path.read_text()))
+    return frozenset(names)
+
+
+def undefined_metrics(exprs: Iterable[str]) -> set[str]:
+    """The wafl_* metrics the PromQL expressions use that no service defines."""
+    used = {m for expr in exprs for m in re.findall(r"\bwafl_\w+", expr)}
+    return {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in used} - defined_metrics()
 
 
 def kubectl() -> str | None:

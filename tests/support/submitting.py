@@ -12,7 +12,7 @@ from web3 import Web3
 from services.submitter.decisions import Submitter
 from services.submitter.records import TxPolicy
 from tests.support.updates import make_update
-from wafl.bus.messages import ProofGenerated
+from wafl.bus.messages import NO_BRANCH, ProofGenerated
 from wafl.chain.aggregator import AggregatorClient
 from wafl.chain.artifact import Deployment
 from wafl.core.config import ModelConfig
@@ -24,7 +24,8 @@ def proof_message(
     round_id: int, seed: int,
 ) -> ProofGenerated:
     update = make_update(cfg, worker, aggregator.global_model(), account.address, round_id, random.Random(seed))
-    return ProofGenerated(org=org, round=round_id, participant=account.address, update_words=update.words,
+    return ProofGenerated(org=org, round=round_id, branch=NO_BRANCH, participant=account.address,
+                          update_words=update.words,
                           proof=update.proof.as_uint256x8(), proof_seconds=1.0, witness_seconds=0.1,
                           queue_seconds=0.0)
 

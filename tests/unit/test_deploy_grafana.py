@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 
-from tests.support.deploy_helpers import DEPLOY, ROOT, grafana_module
+from tests.support.deploy_helpers import DEPLOY, grafana_module, undefined_metrics
 from tools import grafana_push
 
 GRAFANA_DIR = DEPLOY / "grafana"
@@ -53,10 +53,11 @@ def test_panel_queries_cover_every_panel() -> None:
 def test_federation_overview_shows_what_the_issue_asks_for() -> None:
     queries = grafana_module("queries")
     exprs = " ".join(q.expr for q in queries.panel_queries() if q.dashboard == "wafl-federation")
-    for metric in ("wafl_current_round", "wafl_updates_accepted_total", "wafl_updates_failed_total",
-                   "wafl_global_model_accuracy", "wafl_global_model_loss", "wafl_tx_gas_used",
-                   "wafl_proof_duration_seconds", "rabbitmq_queue_messages_ready", "rabbitmq_queue_messages_unacked",
-                   'up{component="prover"', "wafl_messages_dead_lettered_total"):
+    for metric in ("wafl_current_round", "wafl_chain_rounds_opened", "wafl_chain_rounds_finalized",
+                   "wafl_chain_updates_accepted", "wafl_updates_failed_total", "wafl_chain_reorgs_total",
+                   "wafl_chain_reorg_depth_blocks", "wafl_global_model_accuracy", "wafl_global_model_loss",
+                   "wafl_tx_gas_used", "wafl_proof_duration_seconds", "rabbitmq_queue_messages_ready",
+                   "rabbitmq_queue_messages_unacked", 'up{component="prover"', "wafl_messages_dead_lettered_total"):
         assert metric in exprs, metric
     assert "prover\\\\.jobs" in exprs
 
@@ -75,18 +76,8 @@ def test_every_panel_query_is_valid_promql(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _defined_metrics() -> set[str]:
-    names = set()
-    for path in [*ROOT.joinpath("wafl").rglob("*.py"), *ROOT.joinpath("services").rglob("*.py")]:
-        names |= set(re.findall(r"""(?:Counter|Gauge|Histogram|Summary)\(\s*["'](wafl_\w+)["']""", path.read_text()))
-    return names
-
-
 def test_dashboard_metrics_exist_in_the_services() -> None:
-    queries = grafana_module("queries")
-    used = {m for q in queries.panel_queries() for m in re.findall(r"\bwafl_\w+", q.expr)}
-    used = {re.sub(r"_(total|bucket|sum|count)$", "", m) for m in used}
-    missing = used - _defined_metrics()
+    missing = undefined_metrics(q.expr for q in grafana_module("queries").panel_queries())
     assert not missing, f"dashboard queries use metrics no service defines: {sorted(missing)}"
 
 

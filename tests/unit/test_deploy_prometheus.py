@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.support.deploy_helpers import DEPLOY
+from tests.support.deploy_helpers import DEPLOY, undefined_metrics
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 PROMTOOL = shutil.which("promtool")
@@ -43,10 +43,16 @@ def test_alert_rules_fire_as_intended() -> None:
 def test_the_issue_s_alerts_exist() -> None:
     rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    assert {"WaflProofsFailing", "WaflProverQueueBackingUp", "WaflNoRoundFinalized"} <= alerts
+    assert {"WaflProofsFailing", "WaflProverQueueBackingUp", "WaflNoRoundFinalized", "WaflChainReorged"} <= alerts
     tested = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())
     covered = {t["alertname"] for test in tested["tests"] for t in test["alert_rule_test"]}
     assert alerts - {"WaflDeadLetters"} <= covered
+
+
+def test_alert_metrics_exist_in_the_services() -> None:
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    missing = undefined_metrics(r["expr"] for g in rules["groups"] for r in g["rules"])
+    assert not missing, f"alert rules use metrics no service defines: {sorted(missing)}"
 
 
 def test_kubernetes_prometheus_rule_matches_the_rule_file() -> None:

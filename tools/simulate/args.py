@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("wafl-simulation"), help="results.json and results.png go here")
     p.add_argument("--amqp-url", help="a real RabbitMQ instead of the in-process broker")
     p.add_argument("--redis-url", help="a real Redis instead of the in-process stand-in")
-    p.add_argument("--rpc-url", help="a running development chain instead of a new anvil")
+    p.add_argument("--rpc-url", help="a running development chain instead of a new anvil (anvil or Hardhat's node: "
+                                     "accounts are funded by their cheat codes; keys kept in --out/keys)")
     p.add_argument("--round-timeout", type=float, default=300.0, help="seconds a round may take")
     p.add_argument("--verbose", action="store_true", help="the services' own logs too")
 

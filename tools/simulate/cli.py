@@ -37,8 +37,11 @@ def plan_from(args: argparse.Namespace) -> Plan:
             data = bundled(cfg, dataset, args.orgs, args.alpha, args.seed)
         except ValueError as exc:  # wafl.data.datasets says so in a plain ValueError: a dataset that does not fit
             raise UsageError(str(exc)) from None
+    # A running chain outlives the run: its accounts' keys are kept in --out, for the next run to
+    # find them funded (a node without a cheat code is funded by hand between the two).
     return Plan(cfg, data, args.rounds, args.malicious, args.attack, args.seed, args.round_timeout,
-                Servers(args.amqp_url, args.redis_url, args.rpc_url))
+                Servers(args.amqp_url, args.redis_url, args.rpc_url),
+                accounts=args.out / "keys" if args.rpc_url else None)
 
 
 async def _until_terminated(simulation: Simulation) -> list[RoundRecord]:

@@ -5,8 +5,11 @@ submitter, chain_watcher, metrics) on one broker per organisation and one Redis.
 broker is in-process (FastStream's test broker routes each publish straight to the subscribers
 of that organisation's queues) and Redis is an in-process stand-in (fakeredis, with Lua for the
 submitter's nonce lock); ``amqp_url`` / ``redis_url`` put the same code on real servers. The
-chain is an anvil from the pinned npm package unless ``rpc_url`` names a development node that
-accepts anvil's funding cheat code.
+chain is an anvil from the pinned npm package unless ``rpc_url`` names a running development
+node: anvil or Hardhat's, whose balance cheat code (``anvil_setBalance``, ``hardhat_setBalance``)
+funds the run's accounts. On a node with neither, the run stops before it deploys, naming every
+account and the ether it lacks (FundsNeededError); their keys are kept in ``Plan.accounts`` for
+the next run, which uses them once they are funded.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,14 +52,15 @@ from services.trainer.handlers import register as register_trainer
 from services.trainer.rounds import RoundTrainer, UnprovableStepError
 from tools.localnet import delete_org_topology
 from tools.simulate.attack import Attack, MaliciousParticipant, Rejection, made_up_update
-from wafl.bus.messages import PUBLIC_MESSAGES, Message, ProofGenerated, ProverJob, UpdateFailed
+from wafl.bus.messages import PUBLIC_MESSAGES, Message, ProofGenerated, UpdateFailed
 from wafl.bus.service import Runtime, declare_topology, make_broker
 from wafl.bus.settings import DEFAULT_AMQP_URL, ServiceSettings
 from wafl.bus.topology import DEAD_LETTER_REASON, DEAD_LETTER_SERVICE, Topology
 from wafl.chain.aggregator import AggregatorClient
-from wafl.chain.anvil import Anvil, fund, increase_time
+from wafl.chain.anvil import Anvil
 from wafl.chain.artifact import Deployment
 from wafl.chain.deploy import deploy
+from wafl.chain.nodes import FundsNeededError, fund_all, increase_time
 from wafl.core.config import ModelConfig
 from wafl.core.fixedpoint import Weights, fedavg
 from wafl.core.packing import pack, unpack
@@ -65,6 +70,10 @@ from wafl.zk.build import build_circuit
 from wafl.zk.prover import Prover
 
 log = structlog.get_logger()
+
+# What each account is given, or must hold on a node without a cheat code: a run spends a small
+# part of it (a deployment of a few million gas, then about 300,000 gas per update).
+FUNDS = 10**18
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,9 @@ class Plan:
     seed: int = 0
     round_timeout: float = 300.0
     servers: Servers = Servers()
+    accounts: Path | None = None
+    """Where the keys of the run's accounts are kept and found again (a chain that outlives the
+    run, whose accounts may have to be funded by hand); None: new keys, forgotten after the run."""
 
     @property
     def orgs(self) -> int:
@@ -149,13 +161,15 @@ class HonestOrg:
         register_trainer(runtime("trainer"), TrainerState(RoundTrainer(cfg, data, name, account.address)))
         register_prover(runtime("prover"), ProverState(JobProver(cfg, worker, name)))
         submitter_runtime = runtime("submitter")
-        # Confirmations 0, as for the watcher below: anvil here mines each transaction at once.
+        # Confirmations 0, as for the watcher below: a development node never reorganises, and one
+        # that mines only with transactions (our own anvil, a stock Hardhat node) never adds the
+        # blocks that a confirmation depth would wait for.
         submitter = Submitter(AggregatorClient(w3, deployment), account, redis, submitter_runtime.key(), name,
                               TxPolicy(confirmations=0))
         register_submitter(submitter_runtime, SubmitterState(submitter))
         self.book = MetricsBook(CollectorRegistry(), cfg, data)
         register_metrics(runtime("metrics"), MetricsState(self.book))
-        # Confirmations 0: anvil here mines each transaction at once and never reorganises.
+        # Confirmations 0: see the submitter's above.
         self.watcher = Watcher(runtime("chain_watcher"), WatcherState(ChainFollower(w3, deployment, name, 0), 0.2))
 
     def observe(self, tag: str, sink: Callable[[str, Message], None]) -> None:
@@ -167,18 +181,12 @@ class HonestOrg:
                 self._handler(model, sink))
         dead = RabbitQueue(f"wafl.{self.name}.simulate-{tag}.dead-letters", auto_delete=True)
 
-        # Raw messages: an observer never rejects (or dead-letters) what it is shown.
+        # Raw messages: an observer never rejects (or dead-letters) what it is shown. (A job that
+        # can never be proven is also announced by the prover itself, on update.failed.)
         async def on_dead_letter(message: RabbitMessage) -> None:
             reason = str(message.headers.get(DEAD_LETTER_REASON, "?"))
             service = str(message.headers.get(DEAD_LETTER_SERVICE, "?"))
             log.warning("dead_lettered", org=self.name, service=service, reason=reason)
-            if service == "prover":  # a job that cannot be proven: this organisation has no update
-                try:
-                    job = ProverJob.model_validate_json(message.body)
-                except ValueError:
-                    return
-                sink(self.name, UpdateFailed(org=self.name, round=job.round, participant=job.participant,
-                                             reason="unprovable_job", detail=reason))
 
         self.broker.subscriber(dead, self.topology.dead_letter_exchange, title="simulate: dead letters")(on_dead_letter)
 
@@ -212,6 +220,37 @@ class Simulation:
         self.progress.on_start(f"anvil at {anvil.url} (pinned npm package)")
         return anvil.web3()
 
+    def _accounts(self) -> list[LocalAccount]:
+        """The deployer, then one account per organisation: new keys, or with ``Plan.accounts`` the
+        keys kept there (admin.key, org1.key, ...), made and kept (mode 600) where missing."""
+        names = ["admin", *(f"org{i + 1}" for i in range(self.plan.orgs))]
+        directory = self.plan.accounts
+        if directory is None:
+            return [Account.create() for _ in names]
+        directory.mkdir(parents=True, exist_ok=True)
+        accounts = []
+        for name in names:
+            path = directory / f"{name}.key"
+            if path.exists():
+                account: LocalAccount = Account.from_key(path.read_text().strip())
+            else:
+                account = Account.create()
+                path.touch(mode=0o600)
+                path.write_text(account.key.hex())
+            accounts.append(account)
+        return accounts
+
+    def _fund(self, w3: Web3, accounts: list[LocalAccount]) -> None:
+        """Each account funded by the node's cheat code; on a node without one, FundsNeededError
+        naming every account short of FUNDS (and, with kept keys, that the next run uses them)."""
+        try:
+            fund_all(w3, [a.address for a in accounts], FUNDS)
+        except FundsNeededError as exc:
+            if self.plan.accounts is None:
+                raise
+            raise FundsNeededError(exc.endpoint, exc.needs,
+                                   then="run again with the same --out (it keeps their keys)") from None
+
     def _org_name(self, index: int) -> str:
         # On shared servers, a run's names are unique so that runs never meet.
         real = self.plan.servers.amqp_url or self.plan.servers.redis_url
@@ -223,10 +262,8 @@ class Simulation:
         build = await asyncio.to_thread(build_circuit, cfg)
         with ExitStack() as stack:
             w3 = self._chain(stack)
-            admin: LocalAccount = Account.create()
-            members: list[LocalAccount] = [Account.create() for _ in range(plan.orgs)]
-            for account in (admin, *members):
-                fund(w3, account.address)
+            admin, *members = self._accounts()
+            self._fund(w3, [admin, *members])
             # Quorum: the honest organisations. A rejected update never counts towards it.
             deployment = deploy(w3, admin, cfg, quorum=plan.honest, round_duration=3600,
                                 participants=members)

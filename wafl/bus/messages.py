@@ -53,7 +53,9 @@ class Message(BaseModel):
 
 
 class ChainEvent(Message):
-    """Emitted by chain_watcher for a confirmed contract log."""
+    """Emitted by chain_watcher for a confirmed contract log. Its id is "<block hash>:<log index>":
+    the same log on the same branch always has the same id, and the same transaction mined again
+    on another branch after a reorganisation is a new event."""
 
     block_number: int = Field(ge=0)
     block_hash: TxHash
@@ -82,6 +84,19 @@ class RoundFinalized(ChainEvent):
     global_words: list[BigInt] = Field(description="the averaged model the round produced")
 
 
+class ChainReorged(Message):
+    """The chain dropped blocks the chain_watcher had already published events from (a reorg
+    deeper than its confirmation depth). Published once per reorganisation, before any event of
+    the new branch."""
+
+    routing_key: ClassVar[str] = "chain.reorged"
+    fork_block: int = Field(ge=0, description="the last block both branches share")
+    fork_hash: TxHash
+    depth: int = Field(ge=1, description="blocks of the dropped branch the watcher had scanned")
+    dropped_blocks: list[TxHash] = Field(description="hashes of the dropped blocks the watcher knew")
+    round: RoundId = Field(description="the round open on the new branch when the reorg was seen")
+
+
 class RoundDeadline(Message):
     """The round's deadline has passed on chain and it is not finalised yet."""
 
@@ -101,11 +116,20 @@ class UpdateTrained(Message):
     loss: float | None = None
 
 
+Branch = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{64}$",
+                              description="hash of the block holding the round's RoundOpened")]
+"""Which opening of a round a job belongs to: after a reorganisation a round may open again, on
+another branch and from another global model, and is then trained, proved and submitted anew."""
+NO_BRANCH = "0x" + "0" * 64
+"""The branch of a job made outside a chain (the reference, benchmarks)."""
+
+
 class ProverJob(Message):
     """Private: the training batch goes only to the organisation's own provers."""
 
     routing_key: ClassVar[str] = "prover.job"
     round: RoundId
+    branch: Branch
     participant: Address
     global_words: list[BigInt]
     update_words: list[BigInt]
@@ -117,6 +141,7 @@ class ProverJob(Message):
 class ProofGenerated(Message):
     routing_key: ClassVar[str] = "proof.generated"
     round: RoundId
+    branch: Branch
     participant: Address
     update_words: list[BigInt]
     proof: list[BigInt] = Field(min_length=8, max_length=8)
@@ -158,6 +183,7 @@ PUBLIC_MESSAGES: tuple[type[Message], ...] = (
     UpdateAccepted,
     RoundFinalized,
     RoundDeadline,
+    ChainReorged,
     UpdateTrained,
     ProofGenerated,
     UpdateSubmitted,

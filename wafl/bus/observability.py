@@ -27,7 +27,15 @@ SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 
 """Durations of a pipeline stage (training, witness + proof, queueing, submission), in seconds."""
 
 
+class MetricsPortError(RuntimeError):
+    """/metrics cannot be served on the port asked for (taken, or not allowed)."""
+
+
 def serve_metrics(port: int, registry: CollectorRegistry = REGISTRY) -> int:
     """Serve /metrics on ``port`` (0 picks a free one); returns the port."""
-    server, _ = start_http_server(port, addr="0.0.0.0", registry=registry)
+    try:
+        server, _ = start_http_server(port, addr="0.0.0.0", registry=registry)
+    except OSError as exc:
+        raise MetricsPortError(f"cannot serve /metrics on port {port} (WAFL_METRICS_PORT): {exc.strerror}; "
+                               "choose another port, or 0 for any free one") from None
     return int(server.server_port)

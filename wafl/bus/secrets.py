@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -22,10 +22,15 @@ def register_secret(value: str | None) -> None:
 
 
 def register_url(url: str) -> None:
-    """Register the password of a URL such as amqp://user:password@host/."""
-    password = urlsplit(url).password
-    if password:
-        register_secret(password)
+    """Register the secret parts of a URL: the password of amqp://user:password@host/, and the
+    path and query of an http(s) RPC URL (providers put API keys there: https://host/v3/KEY)."""
+    parts = urlsplit(url)
+    if parts.password:
+        register_secret(parts.password)
+    if parts.scheme in ("http", "https"):
+        for secret in (parts.path.strip("/"), parts.query):
+            if len(secret) >= 8:  # a short path ("rpc") is no key, and masking it everywhere would maim logs
+                register_secret(secret)
 
 
 def redact(text: str) -> str:
@@ -37,8 +42,14 @@ def redact(text: str) -> str:
 
 
 def safe_url(url: str) -> str:
-    """The URL with its password masked, for messages about it."""
+    """The URL for messages about it: the password masked, and an http(s) URL's path and query too
+    (where providers put API keys)."""
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    return url.replace(f":{parts.password}@", f":{MASK}@", 1)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    path, query = parts.path, parts.query
+    if parts.scheme in ("http", "https"):
+        path = f"/{MASK}" if path.strip("/") else path
+        query = MASK if query else ""
+    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))

@@ -179,7 +179,9 @@ def check_chain(settings: ServiceSettings, deployment: Deployment) -> Web3:
     try:
         chain_id = w3.eth.chain_id
     except Exception as exc:
-        raise StartupError(f"no Ethereum node answers at {safe_url(settings.rpc_url)} (WAFL_RPC_URL): {exc}") from None
+        # The exception's text repeats the URL (API keys in its path): only its kind is said.
+        raise StartupError(f"no Ethereum node answers at {safe_url(settings.rpc_url)} (WAFL_RPC_URL): "
+                           f"{type(exc).__name__}") from None
     if chain_id != deployment.chain_id:
         raise StartupError(
             f"the node at {safe_url(settings.rpc_url)} is chain {chain_id}, the deployment is on chain "

@@ -50,6 +50,12 @@ class ServiceSettings(BaseSettings):
         register_url(value.get_secret_value())
         return value
 
+    @field_validator("rpc_url")
+    @classmethod
+    def _register_rpc(cls, value: str) -> str:
+        register_url(value)  # an API key in its path is scrubbed from every log line
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:

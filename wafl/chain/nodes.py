@@ -10,9 +10,10 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any, ClassVar, Self
 
 from web3 import HTTPProvider, Web3
 
@@ -38,6 +39,8 @@ class LocalNode(ABC):
     """
 
     name = "node"
+    # Seconds a node has to exit after SIGTERM before it is killed.
+    stop_grace: ClassVar[float] = 10.0
 
     def __init__(
         self,
@@ -70,6 +73,20 @@ class LocalNode(ABC):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
+        """Start the node and wait until it answers with its chain id.
+
+        Whatever ends the start early (the node exits, does not answer within `timeout`, an
+        interrupt or an error while waiting) stops the node before it propagates: nothing is left
+        running.
+        """
+        try:
+            self._launch()
+            self._wait_until_up(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self) -> None:
         # stderr goes to a file, not a pipe: a chatty node never blocks on a full pipe. It lives as
         # long as the node and is closed by stop().
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
@@ -80,20 +97,20 @@ class LocalNode(ABC):
             env={**os.environ, **self.environment()},
             cwd=self.working_directory(),
         )
+
+    def _wait_until_up(self, timeout: float) -> None:
+        assert self._proc is not None
         deadline = time.monotonic() + timeout
         w3 = self.web3()
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                code = self._proc.returncode
-                err = self._stderr_text()
-                self.stop()
-                raise RuntimeError(f"{self.name} exited at start (code {code}): {err}")
+                raise RuntimeError(f"{self.name} exited at start (code {self._proc.returncode}): "
+                                   f"{self._stderr_text()}")
             try:
                 if w3.eth.chain_id == self.chain_id:
                     return
             except Exception:  # not listening yet
                 time.sleep(0.05)
-        self.stop()
         raise TimeoutError(f"{self.name} did not answer on {self.url} within {timeout}s")
 
     def _stderr_text(self, keep: int = 400) -> str:
@@ -107,15 +124,12 @@ class LocalNode(ABC):
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         stderr, self._stderr = self._stderr, None
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if stderr is not None:
-            stderr.close()
+        try:
+            if proc is not None:
+                _end(proc, self.stop_grace)
+        finally:
+            if stderr is not None:
+                stderr.close()
 
     @property
     def pid(self) -> int | None:
@@ -134,17 +148,45 @@ class LocalNode(ABC):
         self.stop()
 
 
-class FundsNeededError(RuntimeError):
-    """The node has no balance cheat code: these accounts must be sent ether from a funded one."""
+def _end(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Terminate, and kill if it has not exited within `grace` seconds or if the wait is
+    interrupted (a second Ctrl-C): the process is gone when this returns or raises."""
+    try:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
-    def __init__(self, endpoint: str, needs: Mapping[str, int]) -> None:
+
+class FundsNeededError(RuntimeError):
+    """The node has no balance cheat code: these accounts must be sent ether from a funded one.
+
+    The message names every account and what it lacks, accounts lacking the same grouped, so
+    that even nine of them fit one line.
+    """
+
+    def __init__(self, endpoint: str, needs: Mapping[str, int], then: str = "start again") -> None:
         self.endpoint = endpoint
         self.needs = dict(needs)  # address -> the wei it lacks
-        listed = "; ".join(f"{address} needs {wei} more wei" for address, wei in self.needs.items())
+        by_amount: dict[int, list[str]] = {}
+        for address, wei in self.needs.items():
+            by_amount.setdefault(wei, []).append(address)
+        listed = "; ".join(f"{_ether(wei)} {'each ' if len(group) > 1 else ''}to {', '.join(group)}"
+                           for wei, group in by_amount.items())
         super().__init__(
             f"the node at {endpoint} has no balance cheat code ({' or '.join(SET_BALANCE_METHODS)}): "
-            f"fund these accounts from a funded account, then start again: {listed}"
+            f"send {listed} (from a funded account), then {then}"
         )
+
+
+def _ether(wei: int) -> str:
+    text = f"{Decimal(wei).scaleb(-18):f}"
+    return f"{text.rstrip('0').rstrip('.') if '.' in text else text} ETH"
 
 
 def set_balance_method(w3: Web3, address: str, wei: int = DEFAULT_FUNDS) -> str | None:
