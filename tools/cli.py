@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import urlsplit
 
 from services import SERVICE_NAMES
+from tools import model_cli, org_cli, status_cli
+from tools.errors import UsageError
 from wafl.bus.secrets import redact, register_secret, register_url, safe_url
 from wafl.core.config import ConfigError, ModelConfig, load_config, named_configs
 from wafl.core.paths import ToolchainError
@@ -38,10 +40,6 @@ if TYPE_CHECKING:
 MAX_LINE = 600
 INTERRUPTED = 130
 BROKEN_PIPE = 141  # what a shell reports for a command that SIGPIPE ended
-
-
-class UsageError(ValueError):
-    """Bad input found by the command line itself (a flag, a file, a server it needs to reach)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -206,10 +204,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     participants = [p.strip() for p in (args.participants or "").split(",") if p.strip()]
     check_terms(cfg, args.quorum, args.round_duration, participants)
+    standardisation = read_standardisation(Path(args.standardisation), cfg) if args.standardisation else None
     w3 = connect(args.rpc_url)
     deployment = deploy(
         w3, deployer, cfg, quorum=args.quorum, round_duration=args.round_duration, participants=participants,
-        keys=keys, allow_development_keys=args.allow_development_keys,
+        keys=keys, allow_development_keys=args.allow_development_keys, standardisation=standardisation,
     )
     deployment.save(out)
     print(json.dumps({
@@ -221,13 +220,33 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def read_standardisation(path: Path, cfg: ModelConfig) -> dict[str, list[float]]:
+    """The record of a --standardisation file, checked against the configuration's width."""
+    from wafl.data.standardisation import Standardisation, StandardisationError
+
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--standardisation {path}: {type(exc).__name__}: {exc}") from None
+    try:
+        return Standardisation.from_record(raw, cfg.d_in, f"--standardisation {path}").record()
+    except StandardisationError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_attest(args: argparse.Namespace) -> int:
     from wafl.chain.attest import CeremonyCheck, attest
     from wafl.zk.keys import load_keys
 
     deployment = load_deployment(Path(args.deployment))
-    # The submitter's variable: the file holding the organisation's key.
-    account = signer("participant key", args.key_file, file_env="WAFL_KEY_FILE")
+    # The submitter's variables: the file holding the organisation's key, or its keystore and password file.
+    keystore = args.keystore or (None if args.key_file else os.environ.get("WAFL_KEYSTORE"))
+    if keystore:
+        from tools.org import keystore_signer
+
+        account = keystore_signer(keystore, args.password_file or os.environ.get("WAFL_KEYSTORE_PASSWORD_FILE"))
+    else:
+        account = signer("participant key", args.key_file, file_env="WAFL_KEY_FILE")
     keys = load_keys(Path(args.keys)) if args.keys else None
     check = None
     if args.mine or args.ptau:
@@ -376,6 +395,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quorum", type=int, required=True)
     p.add_argument("--round-duration", type=int, default=3600, help="seconds")
     p.add_argument("--out", required=True, help="artifact path (ABI, address, start block, config, keys)")
+    p.add_argument("--standardisation", help='JSON file {"mean": [...], "std": [...]}: the federation\'s '
+                   "standardisation of raw features, recorded in the artifact for `wafl model evaluate`")
     p.add_argument("--keys", help="the ceremony's final directory (`wafl ceremony finalize --out`); "
                    "default: this machine's development keys")
     p.add_argument("--allow-development-keys", action="store_true",
@@ -389,8 +410,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attest", help="check the federation's keys (and your ceremony contribution), attest them")
     p.add_argument("--deployment", required=True, help="the deployment artifact")
     p.add_argument("--rpc-url", required=True)
-    p.add_argument("--key-file", help="file holding the participant's private key (else the file $WAFL_KEY_FILE "
-                   "names, as for the submitter)")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--key-file", help="file holding the participant's private key (else the file $WAFL_KEY_FILE "
+                     "names, as for the submitter)")
+    key.add_argument("--keystore", help="the participant's encrypted keystore (`wafl org init`; else $WAFL_KEYSTORE, "
+                     "as for the submitter)")
+    p.add_argument("--password-file", help="file holding the keystore's password (else $WAFL_KEYSTORE_PASSWORD_FILE)")
     p.add_argument("--keys", help="the ceremony's final key directory")
     p.add_argument("--ptau", help="the phase 1 file the ceremony used")
     p.add_argument("--mine", help="the contribution hash `wafl ceremony contribute` printed for you")
@@ -420,6 +445,9 @@ def parser() -> argparse.ArgumentParser:
 
     add_arguments(p)
     p.set_defaults(func=cmd_simulate)
+
+    for commands in (model_cli, status_cli, org_cli):
+        commands.register(sub)
 
     bench = sub.add_parser("bench", help="benchmarks that print their figures").add_subparsers(
         dest="bench", required=True

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from tools.cli import UsageError
+from tools.errors import UsageError
 from wafl.bus.messages import BY_ROUTING_KEY
 from wafl.bus.secrets import register_url, safe_url
 from wafl.bus.topology import DEAD_LETTER_QUEUE, DEAD_LETTER_REASON, DEAD_LETTER_ROUTING_KEY, Topology

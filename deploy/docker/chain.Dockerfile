@@ -21,7 +21,7 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml ./
 COPY deploy/docker/requirements.py deploy/docker/requirements.py
-RUN python deploy/docker/requirements.py --without torch,numpy,scikit-learn,rich > /tmp/requirements.txt \
+RUN python deploy/docker/requirements.py --without torch,numpy,scikit-learn,rich,onnx,onnxruntime,safetensors > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY wafl ./wafl
 COPY services ./services

@@ -46,7 +46,7 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY deploy/docker/requirements.py deploy/docker/requirements.py
 # Only what this service imports; tests/unit/test_deploy_images.py checks the choice.
-RUN python deploy/docker/requirements.py --without torch,numpy,scikit-learn,rich > /tmp/requirements.txt \
+RUN python deploy/docker/requirements.py --without torch,numpy,scikit-learn,rich,onnx,onnxruntime,safetensors > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY wafl ./wafl
 COPY services ./services

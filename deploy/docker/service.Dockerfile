@@ -7,9 +7,9 @@
 #            them (deploy/docker/requirements.py --without); torch, when kept, comes from the
 #            CPU-only index. tests/unit/test_deploy_images.py imports each service with its list blocked.
 # Build from the repository root (the context needs pyproject.toml, wafl/, services/ and tools/):
-#   docker build -f deploy/docker/service.Dockerfile --build-arg SERVICE=trainer --build-arg WITHOUT=rich -t wafl-trainer:dev .
+#   docker build -f deploy/docker/service.Dockerfile --build-arg SERVICE=trainer --build-arg WITHOUT=rich,onnx,onnxruntime,safetensors -t wafl-trainer:dev .
 #   docker build -f deploy/docker/service.Dockerfile --build-arg SERVICE=submitter \
-#       --build-arg WITHOUT=torch,numpy,scikit-learn,rich -t wafl-submitter:dev .
+#       --build-arg WITHOUT=torch,numpy,scikit-learn,rich,onnx,onnxruntime,safetensors -t wafl-submitter:dev .
 # Configured by WAFL_* variables at run time (README, "Services"); serves /metrics on $WAFL_METRICS_PORT.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

@@ -94,7 +94,8 @@ class ChainFollower:
     def confirmed_events(self, cursor: Cursor, head: Head) -> tuple[list[ChainEvent], int, dict[int, str]]:
         """Events after the cursor up to the confirmed block (head - confirmations), in chain
         order, and the hashes of the scanned blocks to keep. Nothing when the chain changed under
-        the scan (a log's block is not the block kept at its height): the next poll sees the fork."""
+        the scan (the cursor's last block, or a log's block, is not the block kept at its height):
+        the next poll sees the fork."""
         safe = head.number - self.confirmations
         if safe <= cursor.scanned_to:
             return [], cursor.scanned_to, {}
@@ -106,7 +107,9 @@ class ChainFollower:
             start = end + 1
         fetched = {n: self._hash(n) for n in range(max(cursor.scanned_to + 1, safe - KEEP_HASHES + 1), safe + 1)}
         hashes = {n: h for n, h in fetched.items() if h is not None}
-        if len(hashes) < len(fetched) or any(
+        # A reorg since find_fork looked: the new range would sit on another branch than the kept hashes.
+        moved = cursor.scanned_to in cursor.hashes and self._hash(cursor.scanned_to) != cursor.hashes[cursor.scanned_to]
+        if moved or len(hashes) < len(fetched) or any(
                 hashes.get(int(log["blockNumber"]), log["blockHash"].to_0x_hex()) != log["blockHash"].to_0x_hex()
                 for log in logs):
             return [], cursor.scanned_to, {}

@@ -37,7 +37,8 @@ def check_participant(aggregator: AggregatorClient, address: str) -> int:
     if not registered:
         raise StartupError(
             f"the signing key's address {address} is not a registered participant of the aggregator at "
-            f"{aggregator.deployment.address}: ask the federation's admin to register it, or check WAFL_KEY_FILE"
+            f"{aggregator.deployment.address}: ask the federation's admin to register it, or check the key "
+            "(WAFL_KEY_FILE or WAFL_KEYSTORE)"
         )
     return balance
 

@@ -1,8 +1,10 @@
 """Submitter settings (WAFL_* environment variables or a YAML file).
 
 The organisation's private key comes from a file (``WAFL_KEY_FILE``, the normal case: a mounted
-secret) or from ``WAFL_SUBMITTER_KEY``; either way it is registered for redaction as soon as it is
-read and never printed. Reading and checking it is ``services.submitter.keys.load_account``.
+secret), from an encrypted keystore (``WAFL_KEYSTORE``, opened with the password in
+``WAFL_KEYSTORE_PASSWORD_FILE``) or from ``WAFL_SUBMITTER_KEY``; any way it is registered for
+redaction as soon as it is read and never printed. Reading and checking it is
+``services.submitter.keys.load_account``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ class SubmitterSettings(ServiceSettings):
     key_file: Path | None = Field(default=None, description="file holding the organisation's private key (hex)")
     submitter_key: SecretStr | None = Field(
         default=None, description="the private key itself (WAFL_SUBMITTER_KEY), when no key file is used"
+    )
+    keystore: Path | None = Field(
+        default=None, description="the organisation's key as an encrypted JSON keystore (`wafl org init`), "
+                                  "instead of a key file"
+    )
+    keystore_password_file: Path | None = Field(
+        default=None, description="file holding the keystore's password (a mounted Secret)"
     )
     receipt_timeout: float = Field(
         default=_POLICY.receipt_timeout, gt=0,

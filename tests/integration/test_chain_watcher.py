@@ -242,6 +242,26 @@ def test_a_new_branch_shorter_than_the_scanned_one_is_a_reorg_too(
     asyncio.run(scenario())
 
 
+def test_a_reorg_between_the_fork_check_and_the_scan_is_not_scanned_over(
+    chain: tuple[Web3, Deployment, LocalAccount],
+) -> None:
+    """The chain reorganises after find_fork looked and before the scan: the scan must not stitch
+    the new branch onto the kept hashes of the old one (the fork would never be seen)."""
+    w3, deployment, admin = chain
+    follower = ChainFollower(w3, deployment, "org-a", CONFIRMATIONS)
+    cursor = Cursor(scanned_to=deployment.start_block - 1)
+    finalize_after_deadline(w3, deployment, admin)
+    mine(w3, CONFIRMATIONS)
+    _, safe, hashes = follower.confirmed_events(cursor, follower.head())
+    follower.remember(cursor, safe, hashes)
+    assert follower.find_fork(cursor) is None
+    w3.provider.make_request("anvil_reorg", [w3.eth.block_number - safe + 2, []])  # type: ignore[arg-type]
+    mine(w3, CONFIRMATIONS + 2)
+    assert follower.confirmed_events(cursor, follower.head()) == ([], safe, {})
+    fork = follower.find_fork(cursor)
+    assert fork is not None and fork.block == safe - 2
+
+
 def test_a_passed_deadline_is_announced_once_per_round(
     chain: tuple[Web3, Deployment, LocalAccount], org: str,
 ) -> None:

@@ -36,9 +36,17 @@ def test_deploy_writes_one_artifact_the_services_can_use(
     key_file.write_text(deployer.key.hex())
     members = [new_account(w3) for _ in range(2)]
     out = tmp_path / "deployment.json"
+    record = {"mean": [0.5 * i for i in range(ref_config.d_in)], "std": [1.0 + i for i in range(ref_config.d_in)]}
+    (tmp_path / "std.json").write_text(json.dumps(record))
+    (tmp_path / "narrow.json").write_text(json.dumps({"mean": [0.0], "std": [1.0]}))
+    narrow = run_cli("deploy", "--config", ref_config.name, "--rpc-url", anvil.url, "--key-file", str(key_file),
+                     "--quorum", "2", "--out", str(out), "--standardisation", str(tmp_path / "narrow.json"))
+    assert narrow.returncode == 2 and not out.exists()
+    assert narrow.stderr.strip().endswith(f"the standardisation's 'mean' must be {ref_config.d_in} finite numbers")
     proc = run_cli(
         "deploy", "--config", ref_config.name, "--rpc-url", anvil.url, "--key-file", str(key_file),
         "--participants", ",".join(m.address for m in members), "--quorum", "2", "--out", str(out),
+        "--standardisation", str(tmp_path / "std.json"),
     )
     assert proc.returncode == 0, proc.stderr
     assert deployer.key.hex() not in proc.stdout + proc.stderr
@@ -48,6 +56,7 @@ def test_deploy_writes_one_artifact_the_services_can_use(
     assert {"abi", "address", "start_block", "chain_id", "config", "vk_hash", "keys_kind"} <= raw.keys()
     assert deployment.chain_id == 31337
     assert deployment.model_config == ref_config
+    assert deployment.standardisation == record  # for `wafl model evaluate` on raw data
     assert (deployment.keys_kind, deployment.vk_hash) == ("development", development_keys(ref_build).vk_hash)
     aggregator = AggregatorClient(w3, deployment)
     assert all(aggregator.contract.functions.hasRole(

@@ -163,23 +163,30 @@ def drop_next_submission(fed: Federation, org: Org, timeout: float = 60.0) -> tu
 
 
 def reorg_out_next_submission(fed: Federation, org: Org, timeout: float = 60.0) -> tuple[int, str]:
-    """Once ``org`` proves the upcoming round: snapshot the chain, wait until its update is mined,
-    then revert to the snapshot (a reorg shallower than the services' confirmation depth of 2).
-    Returns (round, the orphaned transaction's hash)."""
+    """Once ``org``'s update for the upcoming round reaches the pool: mining paused, a snapshot,
+    one block mined with the update, the snapshot restored (a one-block reorg, shallower than the
+    services' confirmation depth of 2, whatever the machine's load), mining resumed. Returns
+    (round, the orphaned transaction's hash)."""
     rpc = fed.w3.provider.make_request
+    sender = org.account.address
     round_id = upcoming_round(fed, org)
     wait_for_proof_started(org, round_id)
-    snapshot = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
-    event = fed.aggregator.contract.events.UpdateAccepted()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        logs = event.get_logs(from_block=fed.w3.eth.block_number - 1,
-                              argument_filters={"round": round_id, "participant": org.account.address})
-        if logs:
-            assert rpc("evm_revert", [snapshot])["result"] is True  # type: ignore[arg-type]
-            return round_id, str(logs[0]["transactionHash"].to_0x_hex())
-        time.sleep(0.02)
-    raise TimeoutError(f"the update of {org.name} for round {round_id} was not mined")
+    rpc("evm_setIntervalMining", [0])  # type: ignore[arg-type]
+    try:
+        deadline = time.monotonic() + timeout
+        while not any(address.lower() == sender.lower()
+                      for address in rpc("txpool_content", [])["result"]["pending"]):  # type: ignore[arg-type]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no transaction from {sender} reached the pool")
+            time.sleep(0.05)
+        snapshot = rpc("evm_snapshot", [])["result"]  # type: ignore[arg-type]
+        rpc("evm_mine", [])  # type: ignore[arg-type]
+        (log,) = fed.aggregator.contract.events.UpdateAccepted().get_logs(
+            from_block=fed.w3.eth.block_number, argument_filters={"round": round_id, "participant": sender})
+        assert rpc("evm_revert", [snapshot])["result"] is True  # type: ignore[arg-type]
+        return round_id, str(log["transactionHash"].to_0x_hex())
+    finally:
+        rpc("evm_setIntervalMining", [1])  # type: ignore[arg-type]
 
 
 def wait_for_published(org: Org, topic: str, round_id: int, timeout: float = 120.0) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import cast
 from urllib.parse import urlsplit
 
-from tools.cli import UsageError, connect, writable
+from tools.cli import connect, writable
+from tools.errors import UsageError
 from wafl.bus.secrets import register_url, safe_url
 from wafl.core.config import load_config, named_configs
 from wafl.data.datasets import DATASETS

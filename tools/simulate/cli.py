@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tools.cli import UsageError
+from tools.errors import UsageError
 from tools.simulate.federation import Plan, RoundRecord, Servers, Simulation
 from tools.simulate.federation import Progress as Hooks
 from tools.simulate.report import central_baseline, print_results, summary, write_json, write_plot
@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
         except TimeoutError as exc:
             print(f"wafl simulate: {exc}", file=sys.stderr)
             return 1
+        finally:
+            # The artifact of the run's chain, kept whatever the outcome: `wafl model export` reads
+            # the global model of its finalised rounds from a chain that outlives the run (--rpc-url).
+            if simulation.deployment is not None:
+                simulation.deployment.save(args.out / "deployment.json")
     console.print("training the central baseline (float, all data)...")
     central = central_baseline(plan.cfg, plan.data, plan.seed)
     rejections = [vars(r) for r in simulation.rejections]
@@ -90,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     write_json(args.out / "results.json", result)
     write_plot(args.out / "results.png", result)
     print_results(console, result, records)
-    console.print(f"results: {args.out / 'results.json'}, plot: {args.out / 'results.png'}")
+    console.print(f"results: {args.out / 'results.json'}, plot: {args.out / 'results.png'}, "
+                  f"deployment: {args.out / 'deployment.json'}")
     return 0
 
 

@@ -211,6 +211,8 @@ class Simulation:
         self.records: list[RoundRecord] = []
         self.rejections: list[Rejection] = []
         self.tag = uuid.uuid4().hex[:6]
+        self.deployment: Deployment | None = None
+        """The run's deployment, once made (with the federation's standardisation of the data)."""
 
     # ---- set-up -------------------------------------------------------------------------------
     def _chain(self, stack: ExitStack) -> Web3:
@@ -265,8 +267,10 @@ class Simulation:
             admin, *members = self._accounts()
             self._fund(w3, [admin, *members])
             # Quorum: the honest organisations. A rejected update never counts towards it.
-            deployment = deploy(w3, admin, cfg, quorum=plan.honest, round_duration=3600,
-                                participants=members)
+            scaling = plan.data.standardisation
+            deployment = deploy(w3, admin, cfg, quorum=plan.honest, round_duration=3600, participants=members,
+                                standardisation=scaling.record() if scaling else None)
+            self.deployment = deployment
             aggregator = AggregatorClient(w3, deployment)
             self.progress.on_start(f"aggregator {deployment.address}: {plan.orgs} organisations "
                                    f"({plan.malicious} malicious), quorum {plan.honest}, "

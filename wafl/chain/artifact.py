@@ -31,6 +31,10 @@ class Deployment:
     keys_kind: str
     circuit_sha256: str
     transcript_sha256: str | None
+    standardisation: dict[str, list[float]] | None = None
+    """The federation's standardisation of raw features, {"mean": [...], "std": [...]} (one value per
+    input feature; wafl.data.standardisation reads it), for whoever evaluates the model on raw data;
+    None: not recorded."""
 
     @property
     def model_config(self) -> ModelConfig:

@@ -41,13 +41,15 @@ def deploy(
     initial_model: Weights | None = None,
     keys: KeySet | None = None,
     allow_development_keys: bool = False,
+    standardisation: dict[str, list[float]] | None = None,
 ) -> Deployment:
     """Deploy with `keys` (default: this machine's development keys) and register participants.
 
     Participants given as accounts (tests, simulations: keys this process holds) also attest the
     keys, which opens round 1 once all have; an organisation attests itself with `wafl attest`.
     Development keys are refused on a chain that is not a local development chain unless
-    `allow_development_keys`.
+    `allow_development_keys`. `standardisation` is recorded in the artifact as given (the
+    federation's, of raw features: see wafl.data.standardisation).
     """
     check_terms(cfg, quorum, round_duration, participants or [])
     build = build_circuit(cfg)
@@ -113,6 +115,7 @@ def deploy(
         keys_kind=keys.kind.value,
         circuit_sha256=keys.circuit_sha256,
         transcript_sha256=keys.transcript_sha256,
+        standardisation=standardisation,
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from wafl.core.config import ModelConfig
 from wafl.core.fixedpoint import quantize
+from wafl.data.standardisation import Standardisation
 
 # scikit-learn's bundled datasets (sklearn.datasets.load_<name>) the organisations' data can come from.
 DATASETS = ("breast_cancer", "digits", "iris", "wine")
@@ -39,11 +40,11 @@ def one_hot(labels: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     return encoded
 
 
-def standardised_split(
+def split_dataset(
     cfg: ModelConfig, dataset: str, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A bundled dataset's stratified train/test split (a quarter held out), standardised with
-    the training rows' statistics: x_train, x_test (float), y_train, y_test (int labels)."""
+    """A bundled dataset's stratified train/test split (a quarter held out), raw: x_train, x_test
+    (float), y_train, y_test (int labels)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; bundled: {', '.join(DATASETS)}")
     # Imported here: scikit-learn takes seconds to import, and the CLI lists DATASETS at every start.
@@ -57,8 +58,17 @@ def standardised_split(
     x_train, x_test, y_train, y_test = train_test_split(
         features, labels, test_size=0.25, stratify=labels, random_state=seed
     )
-    mean, std = x_train.mean(axis=0), x_train.std(axis=0) + 1e-9
-    return (x_train - mean) / std, (x_test - mean) / std, y_train.astype(np.int64), y_test.astype(np.int64)
+    return x_train, x_test, y_train.astype(np.int64), y_test.astype(np.int64)
+
+
+def standardised_split(
+    cfg: ModelConfig, dataset: str, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Standardisation]:
+    """`split_dataset`, standardised with the training rows' statistics: x_train, x_test (float),
+    y_train, y_test (int labels), and the standardisation."""
+    x_train, x_test, y_train, y_test = split_dataset(cfg, dataset, seed)
+    scaling = Standardisation.fit(x_train)
+    return scaling.apply(x_train), scaling.apply(x_test), y_train, y_test, scaling
 
 
 def load_org_data(
@@ -70,7 +80,7 @@ def load_org_data(
         raise ValueError(f"configuration {cfg.name} names no dataset")
     if not 0 <= org_index < org_count:
         raise ValueError(f"organisation index {org_index} is not in [0, {org_count})")
-    x_train, x_test, y_train, y_test = standardised_split(cfg, dataset, seed)
+    x_train, x_test, y_train, y_test, _ = standardised_split(cfg, dataset, seed)
     parts = np.array_split(np.random.default_rng(seed).permutation(len(x_train)), org_count)
     mine = parts[org_index]
     test_parts = np.array_split(np.random.default_rng(seed + 1).permutation(len(x_test)), org_count)

@@ -26,6 +26,7 @@ from sklearn.model_selection import train_test_split
 from wafl.core.config import ModelConfig
 from wafl.core.fixedpoint import quantize
 from wafl.data.datasets import OrgData, one_hot, standardised_split
+from wafl.data.standardisation import Standardisation
 
 HELD_OUT = 0.25
 
@@ -42,6 +43,8 @@ class FederationData:
     x_test: np.ndarray  # float, standardised: every organisation's held-out rows
     y_test: np.ndarray
     source: str
+    standardisation: Standardisation | None = None
+    """What turned the raw features into x_train and x_test (None: not known)."""
 
     def sizes(self) -> list[int]:
         return [len(o.x_train) for o in self.orgs]
@@ -68,11 +71,11 @@ def split_indices(labels: np.ndarray, orgs: int, alpha: float | None, rng: np.ra
 
 
 def bundled(cfg: ModelConfig, dataset: str, orgs: int, alpha: float | None = None, seed: int = 0) -> FederationData:
-    x_train, x_test, y_train, y_test = standardised_split(cfg, dataset, seed)
+    x_train, x_test, y_train, y_test, scaling = standardised_split(cfg, dataset, seed)
     parts = split_indices(y_train, orgs, alpha, np.random.default_rng(seed))
     members = [OrgData(quantize(x_train[p], cfg).values, one_hot(y_train[p], cfg), x_test, y_test) for p in parts]
     split = "iid" if alpha is None else f"dirichlet(alpha={alpha})"
-    return FederationData(members, x_train, y_train, x_test, y_test, f"{dataset}, {split}")
+    return FederationData(members, x_train, y_train, x_test, y_test, f"{dataset}, {split}", scaling)
 
 
 def read_file(path: Path, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -152,11 +155,11 @@ def from_files(cfg: ModelConfig, paths: list[Path], seed: int = 0) -> Federation
     read = [read_file(p, cfg) for p in paths]
     splits = [train_test_split(x, y, test_size=HELD_OUT, random_state=seed) for x, y in read]
     x_all = np.concatenate([s[0] for s in splits])
-    mean, std = x_all.mean(axis=0), x_all.std(axis=0) + 1e-9
+    scaling = Standardisation.fit(x_all)
     scale = float(1 << cfg.frac_bits)
     members = []
     for path, (x_tr, x_te, y_tr, y_te) in zip(paths, splits, strict=True):
-        every = (np.concatenate([x_tr, x_te]) - mean) / std  # held-out rows must fit too
+        every = scaling.apply(np.concatenate([x_tr, x_te]))  # held-out rows must fit too
         outside = np.argwhere(np.abs(every) * scale > min(-cfg.data_min, cfg.data_max))
         if len(outside):
             row, col = outside[0]
@@ -166,10 +169,10 @@ def from_files(cfg: ModelConfig, paths: list[Path], seed: int = 0) -> Federation
                 f"of {cfg.name}; remove or cap the outlier"
             )
         # Every value fits (checked above), so the quantisation clips nothing here.
-        fixed = quantize((x_tr - mean) / std, cfg).values
-        members.append(OrgData(fixed, one_hot(y_tr, cfg), (x_te - mean) / std, y_te))
-    x_train = np.concatenate([(s[0] - mean) / std for s in splits])
+        fixed = quantize(scaling.apply(x_tr), cfg).values
+        members.append(OrgData(fixed, one_hot(y_tr, cfg), scaling.apply(x_te), y_te))
+    x_train = np.concatenate([scaling.apply(s[0]) for s in splits])
     y_train = np.concatenate([s[2] for s in splits])
     x_test = np.concatenate([m.x_test for m in members])
     y_test = np.concatenate([m.y_test for m in members])
-    return FederationData(members, x_train, y_train, x_test, y_test, f"{len(paths)} files")
+    return FederationData(members, x_train, y_train, x_test, y_test, f"{len(paths)} files", scaling)
