@@ -255,10 +255,30 @@ def cmd_attest(args: argparse.Namespace) -> int:
         from wafl.zk.build import build_circuit
 
         check = CeremonyCheck(r1cs=build_circuit(deployment.model_config).r1cs, ptau=Path(args.ptau), mine=args.mine)
-    tx = attest(connect(args.rpc_url), deployment, account, keys, check)
+    masking_secret = _masking_secret(args.masking_key, deployment.model_config)
+    tx = attest(connect(args.rpc_url), deployment, account, keys, check, masking_secret)
     print(json.dumps({"participant": account.address, "vk_hash": deployment.vk_hash, "tx": tx or None,
                       "already_attested": not tx}))
     return 0
+
+
+def _masking_secret(flag: str | None, cfg: ModelConfig) -> int | None:
+    """The masking secret of a secure-aggregation deployment: --masking-key, else the file the provers'
+    variable names; None for a plain one."""
+    from wafl.zk.masking import SECRET_ENV, MaskingKeyError, read_secret
+
+    if not cfg.secure_aggregation:
+        if flag:
+            raise UsageError(f"--masking-key: {cfg.name} does not use secure aggregation")
+        return None
+    path = flag or os.environ.get(SECRET_ENV)
+    if not path:
+        raise UsageError(f"{cfg.name} uses secure aggregation: pass --masking-key FILE (your masking secret; "
+                         f"else the file ${SECRET_ENV} names)")
+    try:
+        return read_secret(Path(path))
+    except MaskingKeyError as exc:
+        raise UsageError(f"--masking-key: {exc}") from None
 
 
 def cmd_bench_gas(args: argparse.Namespace) -> int:
@@ -293,6 +313,18 @@ def cmd_bench_prove(args: argparse.Namespace) -> int:
                 print(json.dumps(row), flush=True)
             else:
                 print("  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    return 0
+
+
+def cmd_bench_secagg(args: argparse.Namespace) -> int:
+    configs = _configs(args.config or ["iris-4x3-b3-secagg", "wine-13x3-b16-secagg"])
+    from tools.bench.secagg import bench_secagg
+
+    for name, cfg in configs:
+        if not cfg.secure_aggregation:
+            raise UsageError(f"--config {name} does not mask its updates: give a secure-aggregation configuration")
+    for _, cfg in configs:
+        print(json.dumps(bench_secagg(cfg, runs=args.runs)), flush=True)
     return 0
 
 
@@ -419,6 +451,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", help="the ceremony's final key directory")
     p.add_argument("--ptau", help="the phase 1 file the ceremony used")
     p.add_argument("--mine", help="the contribution hash `wafl ceremony contribute` printed for you")
+    p.add_argument("--masking-key", help="secure aggregation: the file holding your masking secret, whose public key "
+                   "is registered before attesting (else the file $WAFL_MASKING_KEY_FILE names, as for the prover)")
     p.set_defaults(func=cmd_attest)
 
     p = sub.add_parser("run", help="run one service as a plain process")
@@ -467,6 +501,11 @@ def parser() -> argparse.ArgumentParser:
                    help="largest local phase 1 to make for the snarkjs backend's ceremony keys")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_bench_prove)
+
+    p = bench.add_parser("secagg", help="secure aggregation's constraints and proof time vs the unmasked circuit")
+    p.add_argument("--config", action="append", help="secure-aggregation configuration(s) (default: the bundled)")
+    p.add_argument("--runs", type=at_least(1), default=5, help="jobs per circuit (plus one unmeasured warm-up)")
+    p.set_defaults(func=cmd_bench_secagg)
 
     p = bench.add_parser("pipeline", help="round latency split and prover-pool throughput (1 vs 2 replicas)")
     p.add_argument("--config", default="wine-13x3-b16", help="configuration: a bundled name or a YAML file")

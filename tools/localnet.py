@@ -36,6 +36,7 @@ from wafl.chain.hardhat import HardhatNode
 from wafl.chain.nodes import LocalNode, fund
 from wafl.core.config import ModelConfig
 from wafl.zk.keys import KeySet
+from wafl.zk.masking import SECRET_ENV, generate_secret, public_key, read_secret, write_secret
 
 
 def rabbitmqctl(*args: str) -> str:
@@ -98,6 +99,7 @@ class Org:
     key_file: Path
     redis_db: int
     processes: list[ServiceProcess] = field(default_factory=list)
+    masking_key_file: Path | None = None  # secure aggregation: the organisation's masking secret
 
     @property
     def redis_url(self) -> str:
@@ -119,6 +121,7 @@ class Org:
             "WAFL_ORG_INDEX": str(self.index),
             "WAFL_ORG_COUNT": str(count),
             "WAFL_LOG_LEVEL": "info",
+            **({SECRET_ENV: str(self.masking_key_file)} if self.masking_key_file else {}),
         }
 
     def metrics_port(self, service: str) -> int:
@@ -247,10 +250,17 @@ def federation(cfg: ModelConfig, workdir: Path, org_count: int = 3, round_durati
             key_file = workdir / f"org{index}.key"
             key_file.write_text(account.key.hex())
             key_file.chmod(0o600)
-            orgs.append(Org(f"f{tag}o{index}", index, account, key_file, redis_db=1 + index))
+            org = Org(f"f{tag}o{index}", index, account, key_file, redis_db=1 + index)
+            if cfg.secure_aggregation:
+                org.masking_key_file = workdir / f"org{index}.masking"
+                write_secret(org.masking_key_file, generate_secret())
+            orgs.append(org)
         participants: list[str | LocalAccount] = [o.account if attest else o.account.address for o in orgs]
-        deployment = deploy(w3, admin, cfg, quorum=quorum or org_count, round_duration=round_duration,
-                            participants=participants, keys=keys)
+        masking_keys: dict[str, tuple[int, int]] = {o.account.address: public_key(read_secret(o.masking_key_file))
+                        for o in orgs if o.masking_key_file is not None}
+        deployment = deploy(w3, admin, cfg, quorum=quorum or org_count,
+                            round_duration=round_duration, participants=participants, keys=keys,
+                            masking_keys=masking_keys)
         deployment_path = workdir / "deployment.json"
         deployment.save(deployment_path)
         vhost = f"wafl-{tag}"

@@ -68,6 +68,12 @@ def summarize(routing_key: str, event: dict[str, Any]) -> str:
             return f"update #{event.get('accepted')} accepted in block {event.get('block_number')}"
         case "round.finalized":
             return f"{event.get('accepted')} updates averaged in block {event.get('block_number')}"
+        case "round.voided":
+            missing = ", ".join(_short(m) for m in event.get("missing") or []) or "-"
+            fate = "excluded until they rejoin" if event.get("excluded") else "not excluded, the same set tries again"
+            return f"VOIDED: model unchanged, missing {missing} ({fate})"
+        case "member.rejoined":
+            return f"REJOINED: back in the round sets from round {event.get('from_round')}"
         case "round.deadline":
             return "deadline passed, round can be finalised"
         case "chain.reorged":

@@ -34,33 +34,45 @@ contract WaflVerifier is IWaflVerifier {
     uint256 private constant FIXED_KEY_WORDS = 14;
 
     uint256 public immutable nWords;
+    /// @dev Masking-key slots of a round's set: 0 for plain updates.
+    uint256 public immutable setSize;
     bytes32 public immutable keyHash;
     address private immutable _key;
 
-    /// @param key alpha, beta, gamma, delta, IC_0 .. IC_{2n+2} as words, G2 coordinates in the
+    /// @param key alpha, beta, gamma, delta, IC_0 .. IC_{2n+2+2S} as words, G2 coordinates in the
     /// precompile's order (imaginary part first); n = nWords. See wafl/zk/keys.py (vk_words).
-    constructor(uint256[] memory key) {
-        // inputs = 2 * nWords + 2 (global words, round, update words, sender): 2n + 3 IC points
-        if (key.length < FIXED_KEY_WORDS + 2 * 5 || (key.length - FIXED_KEY_WORDS) % 4 != 2) {
+    /// @param setSize_ S, the masking-key slots of a round's set (0: plain updates).
+    constructor(uint256[] memory key, uint256 setSize_) {
+        // inputs = 2 * nWords + 2 + 2 * S (plain: global words, round, update words, sender; masked:
+        // masked words, global words, round, set keys, index): 2n + 3 + 2S IC points, an odd
+        // number, with n >= 1.
+        if (
+            key.length < FIXED_KEY_WORDS + 2 * 5 || (key.length - FIXED_KEY_WORDS) % 4 != 2
+                || setSize_ > key.length || (key.length - FIXED_KEY_WORDS) / 2 < 5 + 2 * setSize_
+        ) {
             revert WaflVerifier__BadKey(key.length);
         }
         for (uint256 i = 0; i < key.length; ++i) {
             if (key[i] >= Q) revert WaflVerifier__BadKey(key.length);
         }
-        nWords = ((key.length - FIXED_KEY_WORDS) / 2 - 3) / 2;
+        nWords = ((key.length - FIXED_KEY_WORDS) / 2 - 3 - 2 * setSize_) / 2;
+        setSize = setSize_;
         keyHash = keccak256(abi.encodePacked(key));
         (key[0], key[1]) = _negate(key[0], key[1]);
         _key = _storeCode(abi.encodePacked(key));
     }
 
-    function roundShare(uint256[] calldata globalWords, uint256 round)
+    function roundShare(uint256[] calldata globalWords, uint256 round, uint256[] calldata setKeys)
         external
         view
         returns (uint256[2] memory share)
     {
         uint256 n = globalWords.length;
         if (n != nWords) revert WaflVerifier__WrongInputCount(nWords, n);
-        // IC_0 .. IC_{n+1}: the constant term, the global words and the round.
+        uint256 k = setKeys.length;
+        if (k != 2 * setSize) revert WaflVerifier__WrongInputCount(2 * setSize, k);
+        if (k != 0) return _maskedShare(globalWords, round, setKeys);
+        // Plain: IC_0 .. IC_{n+1}, the constant term, the global words and the round.
         for (uint256 i = 0; i < n; ++i) {
             if (globalWords[i] >= R) revert WaflVerifier__InputNotInField(i);
         }
@@ -72,10 +84,36 @@ contract WaflVerifier is IWaflVerifier {
         share = [x, y];
     }
 
+    /// @dev The circuit's outputs (the masked words) come first: IC_0, then IC_{n+1} .. IC_{2n+1+2S},
+    /// the global words, the round and the set's keys.
+    function _maskedShare(uint256[] calldata globalWords, uint256 round, uint256[] calldata setKeys)
+        private
+        view
+        returns (uint256[2] memory)
+    {
+        uint256 n = globalWords.length;
+        for (uint256 i = 0; i < n; ++i) {
+            if (globalWords[i] >= R) revert WaflVerifier__InputNotInField(n + i);
+        }
+        if (round >= R) revert WaflVerifier__InputNotInField(2 * n);
+        for (uint256 i = 0; i < setKeys.length; ++i) {
+            if (setKeys[i] >= R) revert WaflVerifier__InputNotInField(2 * n + 1 + i);
+        }
+        uint256[] memory ic = _pointsAnd(n + 1, n + 1 + setKeys.length, 0);
+        // ic: the global words' points, the round's, the keys', then IC_0.
+        uint256 last = 2 * (n + 1 + setKeys.length);
+        (bool ok, uint256 x, uint256 y) = _msm(ic[last], ic[last + 1], ic, 0, globalWords);
+        (ok, x, y) = _mulAdd(ok, x, y, ic[2 * n], ic[2 * n + 1], round);
+        bool keysOk;
+        (keysOk, x, y) = _msm(x, y, ic, n + 1, setKeys);
+        if (!(ok && keysOk)) revert WaflVerifier__BadPoint();
+        return [x, y];
+    }
+
     function verifyUpdate(
         uint256[2] calldata share,
         uint256[] calldata updateWords,
-        address sender,
+        uint256 tag,
         uint256[8] calldata proof
     ) external view returns (bool) {
         uint256 n = updateWords.length;
@@ -84,13 +122,27 @@ contract WaflVerifier is IWaflVerifier {
         for (uint256 i = 0; i < 8; ++i) {
             if (proof[i] >= Q) return false;
         }
-        for (uint256 i = 0; i < n; ++i) {
-            if (updateWords[i] >= R) revert WaflVerifier__InputNotInField(n + 1 + i);
+        // The IC points of the update's own inputs, the words' then the tag's.
+        uint256[] memory ic;
+        uint256 s = setSize;
+        if (s == 0) {
+            // The words IC_{n+2} .. IC_{2n+1}, the sender IC_{2n+2}.
+            for (uint256 i = 0; i < n; ++i) {
+                if (updateWords[i] >= R) revert WaflVerifier__InputNotInField(n + 1 + i);
+            }
+            if (tag >= R) revert WaflVerifier__InputNotInField(2 * n + 1);
+            ic = _points(n + 2, n + 1);
+        } else {
+            // The masked words IC_1 .. IC_n, the slot index IC_{2n+2+2S}.
+            for (uint256 i = 0; i < n; ++i) {
+                if (updateWords[i] >= R) revert WaflVerifier__InputNotInField(i);
+            }
+            uint256 tagPoint = 2 * n + 2 + 2 * s;
+            if (tag >= R) revert WaflVerifier__InputNotInField(tagPoint - 1);
+            ic = _pointsAnd(1, n, tagPoint);
         }
-        // IC_{n+2} .. IC_{2n+2}: the update words, then the sender.
-        uint256[] memory ic = _points(n + 2, n + 1);
         (bool ok, uint256 x, uint256 y) = _msm(share[0], share[1], ic, 0, updateWords);
-        (ok, x, y) = _mulAdd(ok, x, y, ic[2 * n], ic[2 * n + 1], uint256(uint160(sender)));
+        (ok, x, y) = _mulAdd(ok, x, y, ic[2 * n], ic[2 * n + 1], tag);
         if (!ok) return false;
         return _pairing(x, y, proof);
     }
@@ -101,6 +153,17 @@ contract WaflVerifier is IWaflVerifier {
         address key = _key;
         assembly ("memory-safe") {
             extcodecopy(key, add(words, 0x20), add(1, add(IC_OFFSET, mul(first, 0x40))), mul(count, 0x40))
+        }
+    }
+
+    /// @dev `count` IC points from index `first`, then the IC point `last`, as 2 * count + 2 words.
+    function _pointsAnd(uint256 first, uint256 count, uint256 last) private view returns (uint256[] memory words) {
+        words = new uint256[](2 * count + 2);
+        address key = _key;
+        assembly ("memory-safe") {
+            let out := add(words, 0x20)
+            extcodecopy(key, out, add(1, add(IC_OFFSET, mul(first, 0x40))), mul(count, 0x40))
+            extcodecopy(key, add(out, mul(count, 0x40)), add(1, add(IC_OFFSET, mul(last, 0x40))), 0x40)
         }
     }
 

@@ -9,8 +9,8 @@ Two dashboards, both with a Prometheus datasource variable (so they work with th
 ``org`` variable:
 
 - ``wafl-federation`` (federation overview): round, accepted and failed updates, global model
-  accuracy and loss, gas per update, chain reorganisations, proof / training / queue-wait
-  durations, prover queue depth and replicas, dead letters;
+  accuracy and loss, gas per update, chain reorganisations, secure aggregation's voided rounds and
+  exclusions, proof / training / queue-wait durations, prover queue depth and replicas, dead letters;
 - ``wafl-services`` (per service): targets up, FastStream message rates, statuses, latencies and
   exceptions, WaFL handler counters, the service's queues, CPU and memory.
 
@@ -56,6 +56,10 @@ ROUNDS_FINALIZED = "wafl_chain_rounds_finalized"  # gauge
 UPDATES_ACCEPTED = "wafl_chain_updates_accepted"  # gauge
 REORGS = "wafl_chain_reorgs_total"  # reorganisations deeper than the confirmation depth
 REORG_DEPTH = "wafl_chain_reorg_depth_blocks"  # histogram
+# Secure aggregation (0 without): voided rounds and exclusions are chain facts like the above.
+ROUNDS_VOIDED = "wafl_chain_rounds_voided"  # gauge
+MEMBERS_EXCLUDED = "wafl_chain_members_excluded"  # gauge
+ROUND_SET_SIZE = "wafl_round_set_size"  # gauge, the open round's set
 CURRENT_ROUND = "wafl_current_round"
 UPDATES_FAILED = "wafl_updates_failed_total"
 GLOBAL_ACCURACY = "wafl_global_model_accuracy"
@@ -195,7 +199,8 @@ def federation_overview() -> dash.Dashboard:
         "wafl-federation",
         "WaFL federation",
         "Progress of the federation as seen by each participant organisation: rounds, updates, the "
-        "global model's quality, gas, proofs, the prover pool and dead letters.",
+        "global model's quality, gas, secure aggregation's voided rounds and exclusions, proofs, the prover pool and "
+        "dead letters.",
     )
     d = d.with_row(dash.Row("Rounds and updates"))
     d = d.with_panel(single("Current round", "The aggregator's current round.",
@@ -249,6 +254,17 @@ def federation_overview() -> dash.Dashboard:
                   f" / clamp_min(sum by (org) (increase({REORG_DEPTH}_count{{{ORG}}}[{RATE}])), 1)"),
           "{{org}} mean depth (blocks)")],
         span=8, bars=True))
+
+    d = d.with_row(dash.Row("Secure aggregation"))
+    d = d.with_panel(ts(
+        "Secure aggregation: voided rounds and exclusions", "Rounds voided on the canonical chain (members of the "
+        "round's set missing at the deadline: the model is unchanged), exclusions from the round sets (a member "
+        "stays out until its submitter calls rejoin(): log rejoined), and the open round's set size. All 0 "
+        "without secure aggregation.",
+        [(f"max by (org) ({ROUNDS_VOIDED}{{{ORG}}})", "{{org}} rounds voided"),
+         (f"max by (org) ({MEMBERS_EXCLUDED}{{{ORG}}})", "{{org}} exclusions"),
+         (f"max by (org) ({ROUND_SET_SIZE}{{{ORG}}})", "{{org}} round set size")],
+        unit="none", span=24, minimum=0))
 
     d = d.with_row(dash.Row("Proofs and the prover pool"))
     d = d.with_panel(ts(

@@ -17,10 +17,14 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import BlockNotFound
 
-from wafl.bus.messages import ChainEvent, RoundFinalized, RoundOpened, UpdateAccepted
+from wafl.bus.messages import ChainEvent, MemberRejoined, RoundFinalized, RoundOpened, RoundVoided, UpdateAccepted
 from wafl.chain.artifact import Deployment
 
 KEEP_HASHES = 256
+# The aggregator's events the watcher reads. RoundMembers (secure aggregation) is published as part
+# of the RoundOpened that follows it in the same transaction; an artifact whose ABI lacks an event
+# (a deployment older than secure aggregation) simply never has it.
+EVENTS = ("RoundMembers", "RoundOpened", "UpdateAccepted", "RoundVoided", "RoundFinalized", "MemberRejoined")
 
 
 @dataclass
@@ -57,11 +61,8 @@ class ChainFollower:
         self.max_block_range = max_block_range
         self.contract = w3.eth.contract(address=Web3.to_checksum_address(deployment.address), abi=deployment.abi)
         self.start_block = deployment.start_block
-        self._events = {
-            "RoundOpened": self.contract.events.RoundOpened(),
-            "UpdateAccepted": self.contract.events.UpdateAccepted(),
-            "RoundFinalized": self.contract.events.RoundFinalized(),
-        }
+        in_abi = {item.get("name") for item in deployment.abi if item.get("type") == "event"}
+        self._events = {name: self.contract.events[name]() for name in EVENTS if name in in_abi}
 
     def head(self) -> Head:
         block = self.w3.eth.get_block("latest")
@@ -113,9 +114,7 @@ class ChainFollower:
                 hashes.get(int(log["blockNumber"]), log["blockHash"].to_0x_hex()) != log["blockHash"].to_0x_hex()
                 for log in logs):
             return [], cursor.scanned_to, {}
-        decoded = [self._decode(log) for log in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"]))]
-        decoded = [d for d in decoded if d is not None]
-        return self._to_messages(decoded), safe, hashes
+        return self.to_messages(logs), safe, hashes
 
     @staticmethod
     def remember(cursor: Cursor, block: int, hashes: dict[int, str]) -> None:
@@ -130,6 +129,12 @@ class ChainFollower:
             return str(self.w3.eth.get_block(number)["hash"].to_0x_hex())
         except BlockNotFound:
             return None
+
+    def to_messages(self, logs: list[Any]) -> list[ChainEvent]:
+        """The messages of the aggregator's raw logs (eth_getLogs entries), in chain order; logs of
+        other events are left out."""
+        decoded = [self._decode(log) for log in sorted(logs, key=lambda x: (x["blockNumber"], x["logIndex"]))]
+        return self._to_messages([d for d in decoded if d is not None])
 
     def _decode(self, log: Any) -> Any:
         for event in self._events.values():
@@ -152,8 +157,10 @@ class ChainFollower:
             }
             args = log["args"]
             if log["event"] == "RoundOpened":
+                members, keys = self._round_members(logs[:index], log)
                 messages.append(RoundOpened(round=int(args["round"]), deadline=int(args["deadline"]),
-                                            global_words=[int(w) for w in args["globalWords"]], **common))
+                                            global_words=[int(w) for w in args["globalWords"]],
+                                            members=members, member_keys=keys, **common))
             elif log["event"] == "UpdateAccepted":
                 messages.append(UpdateAccepted(round=int(args["round"]), participant=str(args["participant"]),
                                                accepted=int(args["accepted"]), **common))
@@ -164,7 +171,24 @@ class ChainFollower:
                 words = [int(w) for w in opened["args"]["globalWords"]] if opened else self._global_words(log)
                 messages.append(RoundFinalized(round=int(args["round"]), accepted=int(args["accepted"]),
                                                global_words=words, **common))
+            elif log["event"] == "RoundVoided":
+                messages.append(RoundVoided(round=int(args["round"]), missing=[str(a) for a in args["missing"]],
+                                            excluded=bool(args["excluded"]), **common))
+            elif log["event"] == "MemberRejoined":
+                messages.append(MemberRejoined(participant=str(args["participant"]),
+                                               from_round=int(args["fromRound"]), **common))
         return messages
+
+    @staticmethod
+    def _round_members(earlier: list[Any], opened: Any) -> tuple[list[str], list[int]]:
+        """The set and keys of the RoundMembers log that precedes ``opened`` in its transaction
+        (secure aggregation); empty lists without one (a plain deployment)."""
+        members = next((n for n in reversed(earlier) if n["event"] == "RoundMembers"
+                        and n["transactionHash"] == opened["transactionHash"]
+                        and int(n["args"]["round"]) == int(opened["args"]["round"])), None)
+        if members is None:
+            return [], []
+        return [str(a) for a in members["args"]["members"]], [int(k) for k in members["args"]["keys"]]
 
     def _global_words(self, log: Any) -> list[int]:
         words = self.contract.functions.globalModel().call(block_identifier=int(log["blockNumber"]))

@@ -17,7 +17,16 @@ from faststream.rabbit.publisher import RabbitPublisher
 
 from services.chain_watcher.follower import ChainFollower, Cursor, Fork, Head
 from wafl.bus.chainstate import write_state
-from wafl.bus.messages import ChainEvent, ChainReorged, RoundDeadline, RoundFinalized, RoundOpened, UpdateAccepted
+from wafl.bus.messages import (
+    ChainEvent,
+    ChainReorged,
+    MemberRejoined,
+    RoundDeadline,
+    RoundFinalized,
+    RoundOpened,
+    RoundVoided,
+    UpdateAccepted,
+)
 from wafl.bus.service import Runtime
 
 SERVICE = "chain_watcher"
@@ -36,7 +45,8 @@ class Watcher:
         self.state = state
         self.publishers: dict[str, RabbitPublisher] = {
             model.routing_key: runtime.event_publisher(model)
-            for model in (RoundOpened, UpdateAccepted, RoundFinalized, RoundDeadline, ChainReorged)
+            for model in (RoundOpened, UpdateAccepted, RoundVoided, RoundFinalized, MemberRejoined, RoundDeadline,
+                          ChainReorged)
         }
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -79,6 +89,8 @@ class Watcher:
             published += 1
             log.info("event_published", topic=event.routing_key, block=event.block_number,
                      round=getattr(event, "round", None))
+            if isinstance(event, RoundVoided):
+                log.warning("round_voided", round=event.round, missing=event.missing, excluded=event.excluded)
         if safe > cursor.scanned_to:
             follower.remember(cursor, safe, hashes)
             await self.save_cursor(cursor)

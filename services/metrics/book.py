@@ -46,6 +46,21 @@ class MetricsBook:
             "wafl_chain_updates_accepted", "Updates accepted on the canonical chain (all participants).",
             registry=registry,
         )
+        self.rounds_voided = Gauge(
+            "wafl_chain_rounds_voided",
+            "Rounds voided on the canonical chain (secure aggregation: members of the set missing at the deadline).",
+            registry=registry,
+        )
+        self.members_excluded = Gauge(
+            "wafl_chain_members_excluded",
+            "Exclusions from the round sets on the canonical chain (secure aggregation: one per member a voided "
+            "round excluded; a rejoin does not lower it).",
+            registry=registry,
+        )
+        self.round_set_size = Gauge(
+            "wafl_round_set_size", "Members of the open round's set (secure aggregation; 0 without).",
+            registry=registry,
+        )
         self.reorgs = Counter(
             "wafl_chain_reorgs", "Reorganisations deeper than the chain watcher's confirmation depth.",
             registry=registry,
@@ -95,10 +110,14 @@ class MetricsBook:
         self.rounds_opened.set(totals.rounds_opened)
         self.rounds_finalized.set(totals.rounds_finalized)
         self.updates_accepted.set(totals.updates_accepted)
+        self.rounds_voided.set(totals.rounds_voided)
+        self.members_excluded.set(totals.members_excluded)
 
     def record(self, event: Message) -> None:
         match event:
             case RoundOpened():
+                if event.round >= self.current_round._value.get():
+                    self.round_set_size.set(len(event.members))
                 self.current_round.set(max(self.current_round._value.get(), event.round))
             case RoundFinalized():
                 self.current_round.set(max(self.current_round._value.get(), event.round + 1))

@@ -10,11 +10,14 @@ from services.prover.proving import JobProver
 from services.prover.settings import ProverSettings
 from wafl.bus.logs import configure_logging, get_logger
 from wafl.bus.observability import serve_metrics
+from wafl.bus.secrets import register_secret
 from wafl.bus.service import ServiceSpec, StartupError, announce_start, make_app, make_runtime, preflight
 from wafl.chain.artifact import Deployment
+from wafl.core.config import ModelConfig
 from wafl.core.paths import ToolchainError
 from wafl.zk.build import BuildError, CircuitBuild, build_circuit, development_keys
 from wafl.zk.keys import KeySet, KeySetError, load_keys
+from wafl.zk.masking import SECRET_ENV, MaskingKeyError, read_secret
 from wafl.zk.prover import Prover, ProverError
 
 EXAMPLE = ProverSettings(org="example")
@@ -37,12 +40,14 @@ async def serve(settings: ProverSettings) -> None:
     except (BuildError, ToolchainError) as exc:
         raise StartupError(f"cannot build the circuit of {cfg.name}: {exc}") from None
     keys = keys_for(settings, deployment, build)
+    secret = masking_secret(settings, cfg)
     try:
         worker = Prover(build, keys, backend=settings.backend)
         worker.start()
     except ProverError as exc:
         raise StartupError(f"the prover did not start: {exc}") from None
-    state = ProverState(JobProver(cfg, worker, settings.org, settings.proof_timeout), settings.lease_seconds)
+    job_prover = JobProver(cfg, worker, settings.org, settings.proof_timeout, masking_secret=secret)
+    state = ProverState(job_prover, settings.lease_seconds)
     app = create_app(settings, state)
     port = serve_metrics(settings.metrics_port)
     announce_start(app, metrics_port=port, config=cfg.name, constraints=build.constraints, keys=keys.label(),
@@ -55,6 +60,20 @@ async def serve(settings: ProverSettings) -> None:
         get_logger().warning("stopped_mid_job", detail="graceful timeout passed; the job goes back to the queue")
     finally:
         worker.close()
+
+
+def masking_secret(settings: ProverSettings, cfg: ModelConfig) -> int | None:
+    """The organisation's masking secret when the configuration masks updates (else None)."""
+    if not cfg.secure_aggregation:
+        return None
+    if settings.masking_key_file is None:
+        raise StartupError(f"{cfg.name} masks its updates: set {SECRET_ENV} to the organisation's masking key file")
+    try:
+        secret = read_secret(settings.masking_key_file)
+    except MaskingKeyError as exc:
+        raise StartupError(str(exc)) from None
+    register_secret(str(secret))
+    return secret
 
 
 def keys_for(settings: ProverSettings, deployment: Deployment, build: CircuitBuild) -> KeySet:

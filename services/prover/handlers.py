@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import structlog
 from faststream.rabbit import Channel
 
-from services.prover.proving import JobProver
+from services.prover.proving import JobProver, UnmaskableJobError
 from wafl.bus.chainstate import classify_round
 from wafl.bus.deadletter import RejectMessage
 from wafl.bus.messages import ProofGenerated, ProverJob, UpdateFailed
@@ -59,6 +59,8 @@ def register(runtime: Runtime, state: ProverState) -> None:
                     detail="the job does not satisfy the circuit"))
                 log.warning("update_failed", reason=UNSATISFIED_CONSTRAINT)
                 raise RejectMessage(f"the job does not satisfy the circuit: {exc}") from None
+            except UnmaskableJobError as exc:
+                raise RejectMessage(str(exc)) from None
             await proofs_out.publish(proof)
             await runtime.redis.set(result_key, proof.model_dump_json())
             log.info("proof_generated", proof_seconds=round(proof.proof_seconds, 3),

@@ -20,3 +20,8 @@ class ProverSettings(ServiceSettings):
         "development keys, which only a development deployment accepts",
     )
     backend: Backend = Field(default=Backend.GROTH16PY, description="groth16py (native) or snarkjs")
+    masking_key_file: Path | None = Field(
+        default=None,
+        description="the organisation's masking secret (`wafl org init`; a mounted Secret): needed when the "
+        "deployment's configuration has secure_aggregation",
+    )

@@ -10,6 +10,9 @@ engine's (``engine.py``).
   ours on chain by another transaction (a version we lost track of, an operator, lost Redis
   state), and then that transaction is the answer (``_answer``, the one place of this rule);
 - a round is closed with ``finalizeRound`` once the contract says its deadline has passed;
+- secure aggregation: a voided round that excluded this participant (``round.voided``) is answered
+  with ``rejoin()``, once per voided round (its own record, like ``finalizeRound``'s); the
+  contract's ``Wafl__NotExcluded`` means it is back already;
 - update records are per opening of the round (``ProofGenerated.branch``): a round opened again
   on another branch after a reorganisation is submitted anew. After a reorganisation deeper than
   the confirmation depth (``chain.reorged``), every resolved transaction of the dropped blocks
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Literal
 
 import redis.asyncio as aioredis
 import structlog
@@ -33,8 +37,8 @@ from web3 import Web3
 
 from services.submitter.engine import TxEngine
 from services.submitter.nonces import NonceSession
-from services.submitter.records import Mined, NotMined, Outcome, Reverted, TxPolicy
-from wafl.bus.messages import ProofGenerated, RoundFinalizeSent, UpdateFailed, UpdateSubmitted
+from services.submitter.records import UNRESOLVED, Mined, NotMined, Outcome, Reverted, TxPolicy
+from wafl.bus.messages import ProofGenerated, RoundFinalizeSent, RoundVoided, UpdateFailed, UpdateSubmitted
 from wafl.bus.secrets import redact
 from wafl.chain.aggregator import AggregatorClient
 
@@ -43,6 +47,11 @@ log = structlog.get_logger()
 DEADLINE_NOT_REACHED = "Wafl__DeadlineNotReached"
 ALREADY_SUBMITTED = "Wafl__AlreadySubmitted"
 ROUND_CLOSED = "Wafl__RoundClosed"
+NOT_EXCLUDED = "Wafl__NotExcluded"
+
+Rejoin = Literal["rejoined", "already_rejoined", "not_excluded", "refused"]
+"""What ``Submitter.rejoin`` did: sent rejoin() (now or at an earlier delivery), found this participant
+back already, had nothing to do (the voided round did not exclude it), or was refused (logged)."""
 
 TX_OUTCOMES = Counter(
     "wafl_submitter_outcomes",
@@ -153,7 +162,7 @@ class Submitter:
                 if not isinstance(estimate, int):
                     await self.redis.delete(key)
                     log.info("dropped_transaction_forgotten", kind=record.kind, round=record.round,
-                             reason=estimate.reason if estimate else "finalize")
+                             reason=estimate.reason if estimate else record.kind)
                     continue
                 log.warning("dropped_update_resent", round=record.round, old_tx=record.tx_hash)
                 record.state, record.tx_hash, record.block_number, record.nonce = "pending", None, None, None
@@ -255,3 +264,41 @@ class Submitter:
             log.info("finalize_reverted", reason=outcome.reason, tx_hash=outcome.tx_hash)
             return None
         raise SubmissionPendingError(f"finalizeRound for round {round_id}: {outcome.reason}: {outcome.detail}")
+
+    # ---- secure aggregation -----------------------------------------------------------------
+
+    async def rejoin(self, voided: RoundVoided) -> Rejoin:
+        """After a voided round that excluded this participant: ``rejoin()``, once whatever the
+        deliveries of ``voided`` (one record per voided round). Logs ``rejoined`` (``already``
+        when the contract says it is not excluded) or ``rejoin_refused`` with the error's name.
+
+        Raises SubmissionPendingError when the transaction is still unresolved (a retry resumes
+        it with the same nonce).
+        """
+        if not voided.excluded or self.address.lower() not in {m.lower() for m in voided.missing}:
+            return "not_excluded"
+        started = time.time()
+        key = self.record_key("rejoin", voided.round)
+
+        async def first(session: NonceSession) -> Outcome:
+            data = self.aggregator.contract.encode_abi("rejoin", args=[])
+            estimate = await self.engine.estimate(data)
+            if isinstance(estimate, NotMined):
+                return estimate
+            record = self.engine.new_record("rejoin", voided.round, data, estimate, 0, started)
+            return await self.engine.send(session, key, record)
+
+        outcome = await self.engine.resume_or(key, first)
+        if isinstance(outcome, Mined):
+            TX_OUTCOMES.labels(kind="rejoin", outcome="mined").inc()
+            log.info("rejoined", voided_round=voided.round, tx_hash=outcome.tx_hash, gas_used=outcome.gas_used)
+            return "rejoined"
+        if outcome.reason == NOT_EXCLUDED:  # back already: an earlier call of ours, or the operator's
+            TX_OUTCOMES.labels(kind="rejoin", outcome="already_rejoined").inc()
+            log.info("rejoined", voided_round=voided.round, already=True)
+            return "already_rejoined"
+        if isinstance(outcome, Reverted) or outcome.reason not in UNRESOLVED:
+            TX_OUTCOMES.labels(kind="rejoin", outcome=outcome.reason).inc()
+            log.warning("rejoin_refused", voided_round=voided.round, reason=outcome.reason, detail=outcome.detail)
+            return "refused"
+        raise SubmissionPendingError(f"rejoin after round {voided.round}: {outcome.reason}: {outcome.detail}")

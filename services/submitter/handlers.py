@@ -1,6 +1,8 @@
 """Submitter handlers: proof.generated -> one transaction -> update.submitted or update.failed;
 round.deadline -> finalizeRound -> round.finalize_sent; chain.reorged -> the dropped updates sent
-again -> update.submitted or update.failed.
+again -> update.submitted or update.failed; round.voided excluding this participant (secure
+aggregation) -> rejoin() (logged ``rejoined``, nothing published: the chain watcher's
+member.rejoined says it).
 
 A redelivered or repeated message never sends a second transaction (the core answers from its
 Redis record), and its answer is published once (``run_once`` per round and answer): a duplicate
@@ -23,6 +25,7 @@ from wafl.bus.messages import (
     ProofGenerated,
     RoundDeadline,
     RoundFinalizeSent,
+    RoundVoided,
     UpdateFailed,
     UpdateSubmitted,
 )
@@ -109,3 +112,11 @@ def register(runtime: Runtime, state: SubmitterState) -> None:
 
             await publish_once(submitter.record_key("finalize", event.round), sent.tx_hash, publish)
         MESSAGES_HANDLED.labels(service=SERVICE, queue=RoundDeadline.routing_key).inc()
+
+    @runtime.event_subscriber(RoundVoided)
+    async def on_round_voided(event: RoundVoided) -> None:
+        submitter = state.require()
+        structlog.contextvars.bind_contextvars(round=event.round, message_id=event.message_id)
+        await classify_round(redis, runtime.settings.org, event.round)  # RejectMessage if not our chain's
+        await submitter.rejoin(event)
+        MESSAGES_HANDLED.labels(service=SERVICE, queue=RoundVoided.routing_key).inc()

@@ -91,8 +91,12 @@ class Reverted:
 
 @dataclass(frozen=True)
 class NotMined:
-    reason: str  # timeout | dropped | refused | nonce_consumed | fee_ceiling, or the error a call reverts with
+    reason: str  # one of UNRESOLVED, or the error a call reverts with
     detail: str
+
+
+UNRESOLVED = frozenset({"timeout", "dropped", "refused", "nonce_consumed", "fee_ceiling"})
+"""NotMined reasons of the engine itself (no revert): a later attempt may still get the transaction mined."""
 
 
 Outcome = Mined | Reverted | NotMined

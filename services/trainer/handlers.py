@@ -1,5 +1,6 @@
 """Trainer handlers: validate round.opened, train once per round, publish the job and summary, or
-update.failed with the reason when the round's step cannot be proven."""
+update.failed with the reason when the round's step cannot be proven. With secure aggregation a
+round whose set does not include this organisation is not trained (``not_in_round_set``)."""
 
 from __future__ import annotations
 
@@ -45,11 +46,18 @@ def register(runtime: Runtime, state: TrainerState) -> None:
             DUPLICATES_SKIPPED.labels(service=SERVICE, stage="stale_round").inc()
             return
         trainer = state.trainer
+        slot: int | None = None
+        if trainer.secure:
+            slot = trainer.slot(event.members)
+            if slot is None:  # left out of the round's set (excluded, or beyond its slots): nothing to train
+                log.info("not_in_round_set", participant=trainer.participant, members=len(event.members))
+                MESSAGES_HANDLED.labels(service=SERVICE, queue=RoundOpened.routing_key).inc()
+                return
 
         async def train_and_publish() -> None:
             try:
                 job, trained = await asyncio.to_thread(trainer.train, event.round, event.global_words,
-                                                       event.block_hash)
+                                                       event.block_hash, member_keys=event.member_keys, slot=slot)
             except UnprovableStepError as exc:
                 # Retrying gives the same step: say so once, and the federation goes on without us.
                 await failed_out.publish(trainer.failed(event.round, UNPROVABLE_STEP, str(exc)))
@@ -57,7 +65,7 @@ def register(runtime: Runtime, state: TrainerState) -> None:
                 return
             await jobs.publish(job)
             await trained_out.publish(trained)
-            log.info("round_trained", participant=trained.participant,
+            log.info("round_trained", participant=trained.participant, slot=slot,
                      train_seconds=round(trained.train_seconds, 4), loss=trained.loss)
 
         # Marked done after publishing: a crash in between retrains the same deterministic update

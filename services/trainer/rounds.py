@@ -1,9 +1,14 @@
-"""The trainer's plain core: one round's training for one organisation, no broker involved."""
+"""The trainer's plain core: one round's training for one organisation, no broker involved.
+
+With secure aggregation (``cfg.secure_aggregation``) a round is trained only by the members of its
+set, the job carries the set's masking keys and the participant's slot (the prover masks the
+update), and the public summary carries no update words."""
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import numpy as np
@@ -33,16 +38,36 @@ class RoundTrainer:
         self.participant = participant
         self.trainer = TorchFixedPointTrainer(cfg)
 
-    def train(self, round_id: int, global_words: list[int], branch: str = NO_BRANCH) -> tuple[ProverJob, UpdateTrained]:
+    @property
+    def secure(self) -> bool:
+        """Secure aggregation: rounds have sets, updates are masked."""
+        return self.cfg.secure_aggregation
+
+    def slot(self, members: Sequence[str]) -> int | None:
+        """This organisation's slot in a round's set (``RoundOpened.members``), None when it is not a member."""
+        mine = self.participant.lower()
+        return next((index for index, member in enumerate(members) if member.lower() == mine), None)
+
+    def train(
+        self, round_id: int, global_words: list[int], branch: str = NO_BRANCH, *,
+        member_keys: Sequence[int] = (), slot: int | None = None,
+    ) -> tuple[ProverJob, UpdateTrained]:
         """Train the round's batch from the global model: the private prover job and the public
         summary. Deterministic in (round, global model), so a retrained round is identical.
         ``branch`` is the hash of the block that opened the round (see ``messages.Branch``);
-        ``NO_BRANCH`` for a step made outside a chain (the reference, benchmarks).
+        ``NO_BRANCH`` for a step made outside a chain (the reference, benchmarks). With secure
+        aggregation, ``member_keys`` and ``slot`` are the round set's keys and this organisation's
+        slot in it (``RoundOpened.member_keys``, ``slot``): the job carries them, the summary no words
+        (without a slot, the step alone: the reference, benchmarks).
 
         The step is bounded (docs/design.md section 2): whatever the data, its result is provable
-        once its inputs are in range. Raises ``UnprovableStepError`` when they are not.
+        once its inputs are in range. Raises ``UnprovableStepError`` when they are not (or when
+        the set does not fit the circuit).
         """
         cfg = self.cfg
+        if self.secure and slot is not None and (len(member_keys) != 2 * cfg.set_size or slot >= cfg.set_size):
+            raise UnprovableStepError(f"the round's set ({len(member_keys)} key words, slot {slot}) does not fit "
+                                      f"the circuit's {cfg.set_size} slots")
         try:
             global_model = Weights.from_flat(cfg, unpack(cfg, global_words))
             x, y = self.data.batch(cfg, round_id)
@@ -63,12 +88,14 @@ class RoundTrainer:
             x=x.tolist(),
             y=y.tolist(),
             trained_at=datetime.now(UTC),
+            member_keys=list(member_keys) if self.secure else [],
+            slot=slot if self.secure else None,
         )
         trained = UpdateTrained(
             org=self.org,
             round=round_id,
             participant=self.participant,
-            update_words=update_words,
+            update_words=[] if self.secure else update_words,
             train_seconds=seconds,
             loss=self.batch_loss(update, x, y),
         )

@@ -180,9 +180,10 @@ def test_public_inputs_at_or_above_the_field_order_are_refused(
     sender = members[0]
     update = make_update(ref_config, ref_worker, aggregator.global_model(), sender.address, round_id,
                          random.Random(5))
-    share = verifier.functions.roundShare(global_words, round_id).call()
+    share = verifier.functions.roundShare(global_words, round_id, []).call()
     flat = update.proof.as_uint256x8()
-    assert verifier.functions.verifyUpdate(share, update.words, sender.address, flat).call()
+    tag = int(sender.address, 16)  # plain updates: the sender
+    assert verifier.functions.verifyUpdate(share, update.words, tag, flat).call()
 
     def refused(call: object, index: int) -> None:
         with pytest.raises(ContractLogicError) as raised:
@@ -194,15 +195,16 @@ def test_public_inputs_at_or_above_the_field_order_are_refused(
     for i in range(n):
         shifted = list(update.words)
         shifted[i] += SNARK_FIELD
-        refused(verifier.functions.verifyUpdate(share, shifted, sender.address, flat), n + 1 + i)
+        refused(verifier.functions.verifyUpdate(share, shifted, tag, flat), n + 1 + i)
         lifted = list(global_words)
         lifted[i] += SNARK_FIELD
-        refused(verifier.functions.roundShare(lifted, round_id), i)
-    refused(verifier.functions.roundShare(global_words, round_id + SNARK_FIELD), n)
+        refused(verifier.functions.roundShare(lifted, round_id, []), i)
+    refused(verifier.functions.roundShare(global_words, round_id + SNARK_FIELD, []), n)
+    refused(verifier.functions.verifyUpdate(share, update.words, tag + SNARK_FIELD, flat), 2 * n + 1)
     for value in (SNARK_FIELD, 2**256 - 1):
         words = list(update.words)
         words[0] = value
-        refused(verifier.functions.verifyUpdate(share, words, sender.address, flat), n + 1)
+        refused(verifier.functions.verifyUpdate(share, words, tag, flat), n + 1)
 
 
 def test_every_public_input_changed_fails(

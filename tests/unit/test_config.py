@@ -38,6 +38,10 @@ BUNDLED = {
     "digits-64x10-b16": (64, 10, 16, 650, 50, 102),
     "breast-cancer-30x2-b16": (30, 2, 16, 62, 5, 12),
     "iris-4x3-b3": (4, 3, 3, 15, 2, 6),
+    # secure aggregation: headroom 2 (3 or 4 participants), 18-bit slots, 14 lanes; public inputs
+    # 2 words + round + 2 per slot of the set + the member's slot
+    "iris-4x3-b3-secagg": (4, 3, 3, 15, 2, 2 * 2 + 2 + 2 * 3),
+    "wine-13x3-b16-secagg": (13, 3, 16, 42, 3, 2 * 3 + 2 + 2 * 4),
 }
 
 
@@ -58,8 +62,11 @@ def test_bundled_configs_load_with_their_layout(name: str) -> None:
     assert (cfg.name, cfg.d_in, cfg.d_out, cfg.batch) == (name, d_in, d_out, batch)
     # Breast cancer features reach 12 standard deviations: one more data bit holds them.
     data_bits = 15 if name.startswith("breast-cancer") else 14
-    assert (cfg.frac_bits, cfg.weight_bits, cfg.data_bits, cfg.max_participants) == (10, 16, data_bits, 8)
-    assert (cfg.headroom_bits, cfg.slot_bits, cfg.lanes_per_word) == (3, 19, 13)
+    # The secure-aggregation twins' sets have 3 (iris) and 4 (wine) slots: 2 headroom bits.
+    participants = {"iris-4x3-b3-secagg": 3, "wine-13x3-b16-secagg": 4}.get(name, 8)
+    assert (cfg.frac_bits, cfg.weight_bits, cfg.data_bits, cfg.max_participants) == (10, 16, data_bits, participants)
+    headroom = (participants - 1).bit_length()
+    assert (cfg.headroom_bits, cfg.slot_bits, cfg.lanes_per_word) == (headroom, 16 + headroom, 253 // (16 + headroom))
     assert cfg.n_weights == n_weights
     assert cfg.n_words == n_words
     assert cfg.public_inputs == public_inputs
@@ -263,3 +270,16 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "d_in: [1, 2\n"))
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_secure_aggregation_is_off_unless_asked_and_leaves_plain_identities_alone(tmp_path: Path) -> None:
+    plain = load_config("iris-4x3-b3")
+    assert not plain.secure_aggregation and plain.set_size == 0
+    # The flag is not in a plain configuration's canonical form: its circuit and digest stay.
+    assert "secure_aggregation" not in plain.canonical_json()
+    masked = load_config("iris-4x3-b3-secagg")
+    assert masked.set_size == masked.max_participants == 3
+    assert '"secure_aggregation":true' in masked.canonical_json()
+    raw = {**REF, "name": "lonely", "max_participants": 1, "secure_aggregation": True}
+    with pytest.raises(ConfigError, match="secure_aggregation needs max_participants between 2 and 16"):
+        parse_config(raw)

@@ -57,7 +57,8 @@ def test_federation_overview_shows_what_the_issue_asks_for() -> None:
                    "wafl_chain_updates_accepted", "wafl_updates_failed_total", "wafl_chain_reorgs_total",
                    "wafl_chain_reorg_depth_blocks", "wafl_global_model_accuracy", "wafl_global_model_loss",
                    "wafl_tx_gas_used", "wafl_proof_duration_seconds", "rabbitmq_queue_messages_ready",
-                   "rabbitmq_queue_messages_unacked", 'up{component="prover"', "wafl_messages_dead_lettered_total"):
+                   "rabbitmq_queue_messages_unacked", 'up{component="prover"', "wafl_messages_dead_lettered_total",
+                   "wafl_chain_rounds_voided", "wafl_chain_members_excluded", "wafl_round_set_size"):
         assert metric in exprs, metric
     assert "prover\\\\.jobs" in exprs
 

@@ -43,7 +43,8 @@ def test_alert_rules_fire_as_intended() -> None:
 def test_the_issue_s_alerts_exist() -> None:
     rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    assert {"WaflProofsFailing", "WaflProverQueueBackingUp", "WaflNoRoundFinalized", "WaflChainReorged"} <= alerts
+    assert {"WaflProofsFailing", "WaflProverQueueBackingUp", "WaflNoRoundFinalized", "WaflChainReorged",
+            "WaflMemberExcluded"} <= alerts
     tested = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())
     covered = {t["alertname"] for test in tested["tests"] for t in test["alert_rule_test"]}
     assert alerts - {"WaflDeadLetters"} <= covered

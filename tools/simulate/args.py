@@ -18,6 +18,7 @@ from wafl.core.config import load_config, named_configs
 from wafl.data.datasets import DATASETS
 
 DEFAULT_CONFIG = "wine-13x3-b16"
+SECURE_SUFFIX = "-secagg"  # the bundled secure-aggregation twin of a configuration
 DEFAULT_ORGS = 4
 DEFAULT_ROUNDS = 8  # the default configuration has converged by then (see the README)
 
@@ -39,13 +40,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rpc-url", help="a running development chain instead of a new anvil (anvil or Hardhat's node: "
                                      "accounts are funded by their cheat codes; keys kept in --out/keys)")
     p.add_argument("--round-timeout", type=float, default=300.0, help="seconds a round may take")
+    p.add_argument("--secure-aggregation", action="store_true",
+                   help="masked updates (the configuration's -secagg twin unless it masks already): the chain "
+                        "sees only the round's sum")
     p.add_argument("--verbose", action="store_true", help="the services' own logs too")
 
 
 def check_arguments(args: argparse.Namespace) -> None:
     """UsageError (ConfigError) for arguments the simulation cannot run with: the configuration, the
     numbers, --out, and the servers named, which must answer. The data files are the simulation's."""
-    cfg = load_config(args.config)
+    cfg = load_config(config_name(args))
+    if cfg.secure_aggregation and args.malicious:
+        raise UsageError("--malicious needs the plain mode: with secure aggregation a round closes only when every "
+                         "member's update is in, so a rejected one would void every round")
     if args.rounds < 1:
         raise UsageError("--rounds must be at least 1")
     if args.round_timeout <= 0:
@@ -68,6 +75,19 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.rpc_url:
         connect(args.rpc_url)
     asyncio.run(_check_brokers(args.amqp_url, args.redis_url))
+
+
+def config_name(args: argparse.Namespace) -> str:
+    """--config, or with --secure-aggregation its bundled -secagg twin (a configuration that masks
+    already is taken as it is)."""
+    name = str(args.config)
+    if not getattr(args, "secure_aggregation", False) or load_config(name).secure_aggregation:
+        return name
+    twin = name + SECURE_SUFFIX
+    if twin not in named_configs():
+        raise UsageError(f"--secure-aggregation: {name} has no bundled {twin}; give a configuration with "
+                         "secure_aggregation: true")
+    return twin
 
 
 async def _check_brokers(amqp_url: str | None, redis_url: str | None) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tools.errors import UsageError
+from tools.simulate.args import config_name
 from tools.simulate.federation import Plan, RoundRecord, Servers, Simulation
 from tools.simulate.federation import Progress as Hooks
 from tools.simulate.report import central_baseline, print_results, summary, write_json, write_plot
@@ -26,7 +27,7 @@ from wafl.data.fedsplit import FederationData, bundled, from_files
 def plan_from(args: argparse.Namespace) -> Plan:
     """The run that arguments checked by `check_arguments` ask for; DataFileError (UsageError) for
     data that cannot be used."""
-    cfg = load_config(args.config)
+    cfg = load_config(config_name(args))
     data: FederationData
     if args.data:
         data = from_files(cfg, list(args.data), args.seed)

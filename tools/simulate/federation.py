@@ -67,6 +67,7 @@ from wafl.core.packing import pack, unpack
 from wafl.data.datasets import evaluate
 from wafl.data.fedsplit import FederationData
 from wafl.zk.build import build_circuit
+from wafl.zk.masking import generate_secret, public_key
 from wafl.zk.prover import Prover
 
 log = structlog.get_logger()
@@ -120,6 +121,9 @@ class RoundRecord:
     matches_reference: bool = True
     failed: list[str] = field(default_factory=list)
     """One "org: reason: detail" per honest organisation that published update.failed."""
+    observed: dict[str, Any] | None = None
+    """What anyone reading the chain sees of the first organisation's update: its first submitted
+    word and that word's lanes read as weights, beside the weights it really trained."""
 
 
 @dataclass
@@ -143,7 +147,8 @@ class HonestOrg:
 
     def __init__(self, name: str, index: int, account: LocalAccount, plan: Plan, deployment: Deployment,
                  w3: Web3, worker: Prover, redis: aioredis.Redis, amqp_url: str,
-                 observer: tuple[str, Callable[[str, Message], None]] | None = None) -> None:
+                 observer: tuple[str, Callable[[str, Message], None]] | None = None,
+                 masking_secret: int | None = None) -> None:
         self.name = name
         self.account = account
         cfg = plan.cfg
@@ -159,7 +164,7 @@ class HonestOrg:
 
         data = plan.data.orgs[index]
         register_trainer(runtime("trainer"), TrainerState(RoundTrainer(cfg, data, name, account.address)))
-        register_prover(runtime("prover"), ProverState(JobProver(cfg, worker, name)))
+        register_prover(runtime("prover"), ProverState(JobProver(cfg, worker, name, masking_secret=masking_secret)))
         submitter_runtime = runtime("submitter")
         # Confirmations 0, as for the watcher below: a development node never reorganises, and one
         # that mines only with transactions (our own anvil, a stock Hardhat node) never adds the
@@ -268,8 +273,14 @@ class Simulation:
             self._fund(w3, [admin, *members])
             # Quorum: the honest organisations. A rejected update never counts towards it.
             scaling = plan.data.standardisation
+            # Secure aggregation: each organisation's masking secret, held in memory for the run only.
+            secrets = [generate_secret() for _ in range(plan.honest)] if cfg.secure_aggregation else []
+            if secrets:
+                self.progress.on_start("masking keys: Baby Jubjub, one per organisation")
+            public_keys = await asyncio.gather(*(asyncio.to_thread(public_key, s) for s in secrets))
             deployment = deploy(w3, admin, cfg, quorum=plan.honest, round_duration=3600, participants=members,
-                                standardisation=scaling.record() if scaling else None)
+                                standardisation=scaling.record() if scaling else None,
+                                masking_keys={m.address: k for m, k in zip(members, public_keys, strict=False)})
             self.deployment = deployment
             aggregator = AggregatorClient(w3, deployment)
             self.progress.on_start(f"aggregator {deployment.address}: {plan.orgs} organisations "
@@ -279,7 +290,7 @@ class Simulation:
             redis = self._redis()
             amqp_url = plan.servers.amqp_url or DEFAULT_AMQP_URL
             honest = [HonestOrg(self._org_name(i), i, members[i], plan, deployment, w3, workers[i], redis, amqp_url,
-                                (self.tag, self._on_event))
+                                (self.tag, self._on_event), secrets[i] if secrets else None)
                       for i in range(plan.honest)]
             attackers = [MaliciousParticipant(cfg, aggregator, members[i], plan.attack, plan.seed + i)
                          for i in range(plan.honest, plan.orgs)]
@@ -356,6 +367,8 @@ class Simulation:
             failed = self.observed.failed.get(round_id, {})
             accepted = [u for org, u in zip(honest, honest_updates, strict=True)
                         if u is not None and org.account.address.lower() not in failed]
+            if cfg.secure_aggregation and failed:
+                accepted = []  # a member's update is missing: the masks cannot cancel, the round is voided
             reference = fedavg(cfg, accepted) if accepted else reference
             if attackers:  # the trusting baseline only means something beside poisoned updates
                 trained = [_update(cfg, t, round_id, pack(cfg, plain.flat())) for t in trainers]
@@ -363,8 +376,11 @@ class Simulation:
                 poisoned = [made_up_update(cfg, plan.attack, plain, _first(plain_updates, plain), rng)
                             for _ in attackers]
                 plain = fedavg(cfg, plain_updates + poisoned)
-            self.records.append(await self._record(aggregator, round_id, started, rejected, reference, plain))
-            self.progress.on_round(self.records[-1])
+            record = await self._record(aggregator, round_id, started, rejected, reference, plain)
+            record.observed = await asyncio.to_thread(_observed, aggregator, honest[0].account.address, round_id,
+                                                      honest_updates[0])
+            self.records.append(record)
+            self.progress.on_round(record)
 
     async def _wait_for_round(self, aggregator: AggregatorClient, round_id: int) -> None:
         deadline = time.monotonic() + self.plan.round_timeout
@@ -421,6 +437,33 @@ def _update(cfg: ModelConfig, trainer: RoundTrainer, round_id: int, words: list[
     except UnprovableStepError:
         return None
     return Weights.from_flat(cfg, unpack(cfg, job.update_words))
+
+
+OBSERVED_WEIGHTS = 4  # weights shown of what the chain holds
+
+
+def _observed(aggregator: AggregatorClient, participant: str, round_id: int, update: Weights | None
+              ) -> dict[str, Any] | None:
+    """The participant's first submitted word in the round, as anyone reads it from the chain, and
+    its first lanes read as weights (plain: the weights themselves; masked: noise), beside the
+    weights it trained."""
+    cfg = aggregator.deployment.model_config
+    logs = aggregator.contract.events.UpdateAccepted().get_logs(
+        from_block=aggregator.deployment.start_block, argument_filters={"round": round_id, "participant": participant})
+    if not logs:
+        return None
+    tx = aggregator.w3.eth.get_transaction(logs[0]["transactionHash"])
+    _, arguments = aggregator.contract.decode_function_input(tx["input"])
+    word = int(arguments["updateWords"][0])
+    lane = (1 << cfg.weight_bits) - 1
+    seen = [((word >> (k * cfg.slot_bits)) & lane) + cfg.weight_min for k in range(OBSERVED_WEIGHTS)]
+    scale = 1 << cfg.frac_bits
+    return {
+        "participant": participant,
+        "first_word": f"0x{word:064x}",
+        "weights_read": [v / scale for v in seen],
+        "weights_trained": [v / scale for v in update.flat()[:OBSERVED_WEIGHTS]] if update is not None else None,
+    }
 
 
 def _first(updates: Sequence[Weights | None], fallback: Weights) -> Weights:

@@ -49,6 +49,7 @@ def summary(cfg: ModelConfig, data: FederationData, records: list[RoundRecord], 
         "organisations": len(data.orgs),
         "samples_per_organisation": data.sizes(),
         "malicious": malicious,
+        "secure_aggregation": cfg.secure_aggregation,
         "rounds": [asdict(r) for r in records],
         "central_accuracy": central[0],
         "central_loss": central[1],
@@ -80,6 +81,10 @@ def table(records: list[RoundRecord], malicious: int) -> Table:
             row.append("-" if r.plain_fedavg_accuracy is None else f"{r.plain_fedavg_accuracy:.3f}")
         grid.add_row(*row)
     return grid
+
+
+def _weights(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:+.3f}" for v in values) + "]"
 
 
 def write_json(path: Path, result: dict[str, Any]) -> None:
@@ -125,6 +130,19 @@ def print_results(console: Console, result: dict[str, Any], records: list[RoundR
     for r in records:
         for failure in r.failed:
             console.print(f"round {r.round}: no update from {failure}", highlight=False)
+    observed = [r for r in records if r.observed]
+    if observed:
+        masked = "masked: noise, only the round's sum is the updates'" if result.get("secure_aggregation") \
+            else "plain: the weights themselves"
+        first = observed[0].observed or {}
+        console.print(f"what anyone reading the chain sees of {first['participant']}'s update "
+                      f"({masked}):", highlight=False)
+        for r in observed:
+            seen = r.observed or {}
+            trained = seen["weights_trained"]
+            console.print(f"  round {r.round}: word {seen['first_word'][:18]}... read as weights "
+                          f"{_weights(seen['weights_read'])}; trained {_weights(trained) if trained else '-'}",
+                          highlight=False)
     if result["malicious"]:
         names = sorted({r["error"] for r in result["rejections"]})
         console.print(

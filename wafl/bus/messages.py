@@ -68,6 +68,14 @@ class RoundOpened(ChainEvent):
     round: RoundId
     deadline: int = Field(ge=0, description="unix seconds; updates are accepted before it")
     global_words: list[BigInt]
+    members: list[Address] = Field(
+        default=[], description="secure aggregation: the round's set, in slot order (from RoundMembers); "
+                                "empty for a plain deployment",
+    )
+    member_keys: list[BigInt] = Field(
+        default=[], description="secure aggregation: the set's masking keys as the circuit takes them (slot 0 x, "
+                                "slot 0 y, slot 1 x, ...; an absent slot is (0, 1)); empty for a plain deployment",
+    )
 
 
 class UpdateAccepted(ChainEvent):
@@ -82,6 +90,24 @@ class RoundFinalized(ChainEvent):
     round: RoundId
     accepted: int = Field(ge=0)
     global_words: list[BigInt] = Field(description="the averaged model the round produced")
+
+
+class RoundVoided(ChainEvent):
+    """Secure aggregation: the round's deadline passed with members of its set missing, so the
+    masks could not cancel. The model is unchanged; the round is finalised with 0 updates."""
+
+    routing_key: ClassVar[str] = "round.voided"
+    round: RoundId
+    missing: list[Address] = Field(description="the members of the round's set that submitted nothing")
+    excluded: bool = Field(description="the missing members are left out of every set until they call rejoin()")
+
+
+class MemberRejoined(ChainEvent):
+    """Secure aggregation: an excluded participant called rejoin()."""
+
+    routing_key: ClassVar[str] = "member.rejoined"
+    participant: Address
+    from_round: RoundId = Field(description="the first round whose set may include it again")
 
 
 class ChainReorged(Message):
@@ -106,12 +132,13 @@ class RoundDeadline(Message):
 
 
 class UpdateTrained(Message):
-    """Public part of a trained update (no data)."""
+    """Public part of a trained update (no data; with secure aggregation no update words either:
+    the organisation's bus shows only the masked words, in proof.generated)."""
 
     routing_key: ClassVar[str] = "update.trained"
     round: RoundId
     participant: Address
-    update_words: list[BigInt]
+    update_words: list[BigInt] = Field(description="the packed update; empty with secure aggregation")
     train_seconds: float = Field(ge=0)
     loss: float | None = None
 
@@ -136,6 +163,12 @@ class ProverJob(Message):
     x: list[list[int]]
     y: list[list[int]]
     trained_at: datetime
+    member_keys: list[BigInt] = Field(
+        default=[], description="secure aggregation: the round set's masking keys (RoundOpened.member_keys)"
+    )
+    slot: int | None = Field(
+        default=None, ge=0, description="secure aggregation: the participant's slot in the round's set; None: plain"
+    )
 
 
 class ProofGenerated(Message):
@@ -143,7 +176,7 @@ class ProofGenerated(Message):
     round: RoundId
     branch: Branch
     participant: Address
-    update_words: list[BigInt]
+    update_words: list[BigInt] = Field(description="the words to submit (masked with secure aggregation)")
     proof: list[BigInt] = Field(min_length=8, max_length=8)
     proof_seconds: float = Field(ge=0)
     witness_seconds: float = Field(ge=0)
@@ -182,6 +215,8 @@ PUBLIC_MESSAGES: tuple[type[Message], ...] = (
     RoundOpened,
     UpdateAccepted,
     RoundFinalized,
+    RoundVoided,
+    MemberRejoined,
     RoundDeadline,
     ChainReorged,
     UpdateTrained,

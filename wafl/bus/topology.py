@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from faststream.rabbit import ExchangeType, QueueType, RabbitExchange, RabbitQueue
 from faststream.rabbit.schemas.queue import QuorumQueueArgs
 
-from wafl.bus.messages import PUBLIC_MESSAGES, ChainReorged, ProofGenerated, RoundDeadline, RoundOpened
+from wafl.bus.messages import PUBLIC_MESSAGES, ChainReorged, ProofGenerated, RoundDeadline, RoundOpened, RoundVoided
 
 DELIVERY_LIMIT = 5
 DEAD_LETTER_REASON = "x-wafl-reason"
@@ -29,7 +29,8 @@ DEAD_LETTER_ROUTING_KEY = "x-wafl-routing-key"
 # start-up, so an event published before its consumer first runs waits in its queue.
 SUBSCRIPTIONS: dict[str, tuple[str, ...]] = {
     "trainer": (RoundOpened.routing_key,),
-    "submitter": (ProofGenerated.routing_key, RoundDeadline.routing_key, ChainReorged.routing_key),
+    "submitter": (ProofGenerated.routing_key, RoundDeadline.routing_key, ChainReorged.routing_key,
+                  RoundVoided.routing_key),
     "metrics": tuple(m.routing_key for m in PUBLIC_MESSAGES),
 }
 

@@ -55,6 +55,33 @@ class AggregatorClient:
     def has_submitted(self, address: str) -> bool:
         return bool(self.contract.functions.hasSubmitted(Web3.to_checksum_address(address)).call())
 
+    def is_participant(self, address: str) -> bool:
+        role = self.contract.functions.PARTICIPANT_ROLE().call()
+        return bool(self.contract.functions.hasRole(role, Web3.to_checksum_address(address)).call())
+
+    def participants(self) -> list[str]:
+        """The registered participants, in registration order."""
+        return [Web3.to_checksum_address(a) for a in self.contract.functions.participants().call()]
+
+    # ---- secure aggregation -----------------------------------------------------------------
+    def secure_aggregation(self) -> bool:
+        return bool(self.contract.functions.secureAggregation().call())
+
+    def set_size(self) -> int:
+        return int(self.contract.functions.setSize().call())
+
+    def round_members(self) -> list[str]:
+        """The current round's set, in slot order (empty without secure aggregation)."""
+        return [Web3.to_checksum_address(a) for a in self.contract.functions.roundMembers().call()]
+
+    def masking_key(self, address: str) -> tuple[int, int] | None:
+        """The participant's registered masking public key, or None."""
+        x, y = self.contract.functions.maskingKey(Web3.to_checksum_address(address)).call()
+        return (int(x), int(y)) if x else None
+
+    def is_excluded(self, address: str) -> bool:
+        return bool(self.contract.functions.isExcluded(Web3.to_checksum_address(address)).call())
+
     # ---- writes -----------------------------------------------------------------------------
     def submit_update(
         self,
@@ -76,6 +103,14 @@ class AggregatorClient:
         """Attest the verification key (by default the one the deployment artifact names)."""
         key_hash = bytes.fromhex((vk_hash or self.deployment.vk_hash).removeprefix("0x"))
         return send(self.w3, account, self.contract.functions.attestKeys(key_hash), self.decoder)
+
+    def register_masking_key(self, account: LocalAccount, public_key: tuple[int, int]) -> TxReceipt:
+        x, y = public_key
+        return send(self.w3, account, self.contract.functions.registerMaskingKey(x, y), self.decoder)
+
+    def rejoin(self, account: LocalAccount) -> TxReceipt:
+        """Back into the rounds' sets after an exclusion, from the next round's."""
+        return send(self.w3, account, self.contract.functions.rejoin(), self.decoder)
 
     def open_first_round(self, account: LocalAccount) -> TxReceipt:
         return send(self.w3, account, self.contract.functions.openFirstRound(), self.decoder)

@@ -4,6 +4,10 @@ For ceremony keys, the organisation first checks the whole ceremony against the 
 phase 1 and finds its own contribution hash in it (`wafl.zk.ceremony.verify`); then it checks that
 the final key is the one the deployment artifact names and the aggregator records, and sends
 `attestKeys`. Round 1 opens with the last registered participant's attestation.
+
+With secure aggregation the organisation's masking key goes on chain first: the public key of its
+masking secret (the file its provers read) is registered unless it already is, and refused if the
+participant registered another one (its provers would then mask with a key the set does not hold).
 """
 
 from __future__ import annotations
@@ -33,9 +37,22 @@ class CeremonyCheck:
 
 
 def attest(
-    w3: Web3, deployment: Deployment, account: LocalAccount, keys: KeySet | None, check: CeremonyCheck | None
+    w3: Web3,
+    deployment: Deployment,
+    account: LocalAccount,
+    keys: KeySet | None,
+    check: CeremonyCheck | None,
+    masking_secret: int | None = None,
 ) -> str:
-    """Check, then attest; returns the transaction hash, or "" when already attested."""
+    """Check, then attest; returns the transaction hash, or "" when already attested.
+
+    A secure-aggregation deployment needs `masking_secret`: its public key is registered first.
+    """
+    secure = deployment.model_config.secure_aggregation
+    if secure and masking_secret is None:
+        raise AttestError(
+            f"{deployment.model_config.name} uses secure aggregation: pass your masking key file (--masking-key)"
+        )
     if deployment.keys_kind != "development":
         if keys is None or check is None:
             raise AttestError("the deployment uses ceremony keys: pass the final key directory and your contribution")
@@ -52,10 +69,29 @@ def attest(
     on_chain = aggregator.verification_key_hash()
     if on_chain != deployment.vk_hash:
         raise AttestError(f"the aggregator records key {on_chain}, the deployment artifact {deployment.vk_hash}")
-    if not aggregator.contract.functions.hasRole(aggregator.contract.functions.PARTICIPANT_ROLE().call(),
-                                                 account.address).call():
+    if not aggregator.is_participant(account.address):
         raise AttestError(f"{account.address} is not a registered participant of {deployment.address}")
+    if secure and masking_secret is not None:
+        register_masking_key(aggregator, account, masking_secret)
     if aggregator.has_attested(account.address):
         return ""
     receipt = aggregator.attest_keys(account, deployment.vk_hash)
+    return "0x" + bytes(receipt["transactionHash"]).hex()
+
+
+def register_masking_key(aggregator: AggregatorClient, account: LocalAccount, secret: int) -> str:
+    """Register the public key of `secret` for `account`; returns the transaction hash, or "" when
+    that key is already registered. AttestError when another key is."""
+    from wafl.zk.masking import public_key
+
+    mine = public_key(secret)
+    registered = aggregator.masking_key(account.address)
+    if registered == mine:
+        return ""
+    if registered is not None:
+        raise AttestError(
+            f"{account.address} registered another masking key (x {registered[0]:#x}) than the one of the file "
+            f"given (x {mine[0]:#x}): give the file whose key it registered"
+        )
+    receipt = aggregator.register_masking_key(account, mine)
     return "0x" + bytes(receipt["transactionHash"]).hex()

@@ -7,7 +7,7 @@ holds (their hash, their kind, the ceremony transcript's hash).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
@@ -42,16 +42,28 @@ def deploy(
     keys: KeySet | None = None,
     allow_development_keys: bool = False,
     standardisation: dict[str, list[float]] | None = None,
+    masking_keys: Mapping[str, tuple[int, int]] | None = None,
 ) -> Deployment:
     """Deploy with `keys` (default: this machine's development keys) and register participants.
 
     Participants given as accounts (tests, simulations: keys this process holds) also attest the
     keys, which opens round 1 once all have; an organisation attests itself with `wafl attest`.
-    Development keys are refused on a chain that is not a local development chain unless
-    `allow_development_keys`. `standardisation` is recorded in the artifact as given (the
-    federation's, of raw features: see wafl.data.standardisation).
+    With secure aggregation each of them first registers its masking public key, taken from
+    `masking_keys` (by address; every account participant needs one). Development keys are
+    refused on a chain that is not a local development chain unless `allow_development_keys`.
+    `standardisation` is recorded in the artifact as given (the federation's, of raw features:
+    see wafl.data.standardisation).
     """
     check_terms(cfg, quorum, round_duration, participants or [])
+    accounts = [p for p in participants or [] if not isinstance(p, str)]
+    masking = {address.lower(): key for address, key in (masking_keys or {}).items()}
+    if cfg.set_size:
+        lacking = [a.address for a in accounts if a.address.lower() not in masking]
+        if lacking:
+            raise DeploymentError(
+                f"{cfg.name} uses secure aggregation: participants attesting here need a masking key "
+                f"(masking_keys), and {', '.join(lacking)} has none"
+            )
     build = build_circuit(cfg)
     keys = keys if keys is not None else development_keys(build)
     if keys.circuit_sha256 != build.circuit_sha256:
@@ -74,7 +86,7 @@ def deploy(
     start_block = w3.eth.block_number
 
     verifier_factory = w3.eth.contract(abi=verifier_abi, bytecode=compiled["WaflVerifier"]["bytecode"])
-    receipt = send(w3, deployer, verifier_factory.constructor(vk_words(keys.verification_key)), decoder)
+    receipt = send(w3, deployer, verifier_factory.constructor(vk_words(keys.verification_key), cfg.set_size), decoder)
     verifier_address = receipt["contractAddress"]
     on_chain_hash = "0x" + bytes(
         w3.eth.contract(address=verifier_address, abi=verifier_abi).functions.keyHash().call()
@@ -98,9 +110,11 @@ def deploy(
     if participants:
         addresses = [Web3.to_checksum_address(p if isinstance(p, str) else p.address) for p in participants]
         send(w3, deployer, aggregator.functions.registerParticipants(addresses), decoder)
-        for account in participants:
-            if not isinstance(account, str):
-                send(w3, account, aggregator.functions.attestKeys(bytes.fromhex(keys.vk_hash[2:])), decoder)
+        for account in accounts:
+            if cfg.set_size:
+                x, y = masking[account.address.lower()]
+                send(w3, account, aggregator.functions.registerMaskingKey(x, y), decoder)
+            send(w3, account, aggregator.functions.attestKeys(bytes.fromhex(keys.vk_hash[2:])), decoder)
     return Deployment(
         chain_id=chain_id,
         address=str(address),

@@ -24,6 +24,8 @@ INT64_SAFE_BITS = 62
 # Senders are Ethereum addresses; rounds are uint64 on chain.
 SENDER_BITS = 160
 ROUND_BITS = 64
+# The most masking-key slots a secure-aggregation circuit has (one scalar multiplication each).
+MAX_SET_SIZE = 16
 
 
 class ConfigError(ValueError):
@@ -53,6 +55,11 @@ class ModelConfig(BaseModel):
         "of two. Omitted: 2^F (1.0), within [2^ceil(log2 E), 2^weight_bits]",
     )
     dataset: str | None = Field(default=None, description="bundled dataset this shape fits")
+    secure_aggregation: bool = Field(
+        default=False,
+        description="pairwise-masked updates (docs/design.md section 12): the circuit also proves the "
+        "masks towards every other member of the round's set, whose size is max_participants",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -93,9 +100,14 @@ class ModelConfig(BaseModel):
         return -(-self.n_weights // self.lanes_per_word)
 
     @property
+    def set_size(self) -> int:
+        """Masking-key slots of a round's set in the circuit (0 without secure aggregation)."""
+        return self.max_participants if self.secure_aggregation else 0
+
+    @property
     def public_inputs(self) -> int:
-        """global words + round + update words + sender."""
-        return 2 * self.n_words + 2
+        """global words + round + update words + sender; masked: + the set's keys, index for sender."""
+        return 2 * self.n_words + 2 + 2 * self.set_size
 
     # ---- value ranges ---------------------------------------------------------------
     @property
@@ -207,13 +219,20 @@ class ModelConfig(BaseModel):
             problems.append(
                 f"frac_bits {self.frac_bits} leaves no integer part in data_bits {self.data_bits}"
             )
+        if self.secure_aggregation and not 2 <= self.max_participants <= MAX_SET_SIZE:
+            problems.append(
+                f"secure_aggregation needs max_participants between 2 and {MAX_SET_SIZE} (the set's slots: "
+                f"each costs the circuit a scalar multiplication), not {self.max_participants}"
+            )
         if problems:
             raise ValueError(f"configuration {self.name!r} is unusable: " + "; ".join(problems))
         return self
 
     # ---- identity --------------------------------------------------------------------
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # The flag is left out when off, so that plain circuits keep their sources and hashes.
+        fields = self.model_dump(mode="json", exclude={"secure_aggregation"} if not self.secure_aggregation else None)
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
     @property
     def digest(self) -> str:

@@ -1,8 +1,11 @@
 """Render the ZoKrates training-step circuit for a configuration, and its witness arguments.
 
 ``packed`` is WaFL's circuit: public inputs are the packed global model, the round, the packed
-update and the sender. ``naive`` is the same relation with one public input per weight value,
-kept only so the benchmark can show what packing saves.
+update and the sender. With secure aggregation (``cfg.secure_aggregation``) they are the packed
+global model, the round, the round set's masking keys and the member's slot, and the circuit
+returns the masked update words (ZoKrates puts return values last among the public inputs).
+``naive`` is the same relation with one public input per weight value, kept only so the
+benchmark can show what packing saves.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ _CHECKS = {
 }
 
 
+MASKING_TEMPLATE = CIRCUIT_DIR / "wafl_masking.zok.tmpl"
+
+
 def render(cfg: ModelConfig, kind: CircuitKind = CircuitKind.PACKED) -> str:
     k = cfg.truncation_bits
     shifts = {
@@ -91,8 +97,26 @@ def render(cfg: ModelConfig, kind: CircuitKind = CircuitKind.PACKED) -> str:
         ) + "]",
         "PUBLIC_PARAMS": _PUBLIC_PARAMS[kind],
         "GLOBAL_CHECK": _CHECKS[kind][0],
-        "UPDATE_CHECK": _CHECKS[kind][1],
+        "UPDATE_CHECK": _CHECKS[kind][1] + "\n    return;",
+        "BINDING_CHECK": f"    assert(check_bits::<{SENDER_BITS}>(sender));",
+        "MASKING_DEFS": "",
+        "PRIVATE_EXTRA": "",
+        "RETURNS": "",
     }
+    if cfg.secure_aggregation:
+        if kind is not CircuitKind.PACKED:
+            raise ValueError("secure aggregation has only the packed circuit")
+        values.update({
+            "PUBLIC_PARAMS": (
+                "public field[N_WORDS] global_words, public field round, "
+                "public field[SET_SIZE][2] keys, public field index"
+            ),
+            "UPDATE_CHECK": "    return mask_words(pack_words(flatten(wc, bc)), secret, keys, index, round);",
+            "BINDING_CHECK": "",
+            "MASKING_DEFS": MASKING_TEMPLATE.read_text().replace("{{SET_SIZE}}", str(cfg.set_size)),
+            "PRIVATE_EXTRA": ", private field secret",
+            "RETURNS": " -> field[N_WORDS]",
+        })
     for name, bits in k.items():
         upper = name.upper()
         values[f"K_{upper}"] = bits
@@ -150,12 +174,8 @@ def witness_args(
 ) -> list[object]:
     """zokrates-js computeWitness arguments (decimal strings, nested as the ABI says)."""
 
-    def enc(v: int) -> str:
-        return str(to_field(v))
-
-    def enc_matrix(m: Sequence[Sequence[int]]) -> list[list[str]]:
-        return [[enc(v) for v in row] for row in m]
-
+    if cfg.secure_aggregation:
+        raise ValueError(f"{cfg.name} masks its updates: use masked_witness_args")
     inputs = public_inputs(cfg, kind, global_model, update, sender, round_id)
     n = cfg.n_words if kind is CircuitKind.PACKED else cfg.n_weights
     return [
@@ -163,8 +183,45 @@ def witness_args(
         str(inputs[n]),
         [str(v) for v in inputs[n + 1 : 2 * n + 1]],
         str(inputs[-1]),
-        enc_matrix(global_model.w),
-        [enc(v) for v in global_model.b],
-        enc_matrix(x),
-        enc_matrix(y),
+        *_private_args(global_model, x, y),
+    ]
+
+
+def _private_args(global_model: Weights, x: Matrix, y: Matrix) -> list[object]:
+    def enc(v: int) -> str:
+        return str(to_field(v))
+
+    def enc_matrix(m: Sequence[Sequence[int]]) -> list[list[str]]:
+        return [[enc(v) for v in row] for row in m]
+
+    return [enc_matrix(global_model.w), [enc(v) for v in global_model.b], enc_matrix(x), enc_matrix(y)]
+
+
+def masked_witness_args(
+    cfg: ModelConfig,
+    global_model: Weights,
+    x: Matrix,
+    y: Matrix,
+    round_id: int,
+    member_keys: Sequence[int],
+    slot: int,
+    secret: int,
+) -> list[object]:
+    """computeWitness arguments of a secure-aggregation circuit: the round set's keys as the
+    contract lays them out (x, y of each slot; (0, 1) for an absent one), the member's slot and
+    its masking secret. The circuit computes the update itself and returns its masked words."""
+    if not cfg.secure_aggregation:
+        raise ValueError(f"{cfg.name} does not mask its updates: use witness_args")
+    size = cfg.set_size
+    if len(member_keys) != 2 * size:
+        raise ValueError(f"{cfg.name}'s round set has {size} slots: {2 * size} key words, not {len(member_keys)}")
+    if not 0 <= slot < size:
+        raise ValueError(f"slot {slot} is outside the round set's {size} slots")
+    return [
+        [str(v) for v in pack(cfg, global_model.flat())],
+        str(round_id),
+        [[str(member_keys[2 * j]), str(member_keys[2 * j + 1])] for j in range(size)],
+        str(slot),
+        *_private_args(global_model, x, y),
+        str(secret),
     ]
