@@ -7,15 +7,22 @@ add` (the admin registers organisations' addresses).
   (version 3 JSON, scrypt), mode 600; the password comes from ``--password-file`` or is asked
   twice, never echoed, and is never written;
 - ``address.txt``: the key's address, for the federation's admin to register;
+- ``masking.key``: the organisation's masking secret of secure aggregation (wafl/zk/masking.py,
+  docs/design.md section 12), mode 600, read by its provers and by `wafl attest` when the
+  deployment's configuration has ``secure_aggregation``; always written, a plain federation never
+  reads it;
 - ``settings/<service>.yaml``: each service's settings as a process on this host
   (`wafl run <service> --settings ...`), secrets left to ``WAFL_AMQP_URL`` and ``WAFL_REDIS_URL``;
 - ``.env``: the same settings as an env file for the services' containers under docker compose
-  (``env_file:``), the keystore and its password as compose secrets;
+  (``env_file:``), the keystore, its password and the masking secret as compose secrets;
 - ``kustomization.yaml``, ``namespace.yaml``, ``ceremony/``, ``attest/``: the directory is the
   organisation's Kubernetes overlay of deploy/k8s/base, with its one-shot steps, like
   deploy/k8s/overlays/<org>; the keystore becomes a Secret through a secret generator, and the
   submitter and the attest Job read it with the password from the Secret wafl-keystore-password,
-  created out of band (the password never lies beside the keystore).
+  created out of band (the password never lies beside the keystore); the masking secret becomes
+  the Secret wafl-masking-key the same way, mounted by the prover and the attest Job.
+
+The masking secret is never printed, logged or written anywhere but ``masking.key``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from services import SERVICE_NAMES
 from tools.errors import UsageError
 from wafl.bus.secrets import register_secret, register_url, safe_url
 from wafl.bus.settings import ServiceSettings
+from wafl.zk.masking import SECRET_ENV, generate_secret, write_secret
 
 if TYPE_CHECKING:
     from eth_account.signers.local import LocalAccount
@@ -65,6 +73,11 @@ KEYSTORE_SECRET = "wafl-submitter-keystore"
 PASSWORD_SECRET = "wafl-keystore-password"
 KEY_DIR = "/etc/wafl/key"
 PASSWORD_DIR = "/etc/wafl/key-password"
+# The masking secret of secure aggregation: its file, the Secret generated from it and where the
+# prover and the attest Job mount it.
+MASKING_KEY = "masking.key"
+MASKING_SECRET = "wafl-masking-key"
+MASKING_DIR = "/etc/wafl/masking-key"
 # Where compose puts the keystore and its password in the containers (its secrets).
 COMPOSE_SECRETS = "/run/secrets"
 
@@ -77,6 +90,7 @@ class Places:
     keys: str
     keystore: str
     password_file: str
+    masking_key: str
 
 
 @dataclass(frozen=True)
@@ -166,13 +180,15 @@ def init_org(name: str, out: Path, password_file: str | None, rpc_url: str | Non
     account = Account.create()
     register_secret(account.key.hex())
     keystore = Account.encrypt(account.key, password)
+    masking_secret = generate_secret()
+    register_secret(str(masking_secret))
     org = NewOrg(name, directory.absolute(), account.address,
                  Path(password_file).absolute() if password_file else None, url,
                  registry or f"registry.example.org/{name}")
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))  # mode 700; a sibling: same relative paths
     try:
-        _write_org(staging, org, keystore, base)
+        _write_org(staging, org, keystore, masking_secret, base)
         if directory.exists():
             raise UsageError(f"{directory} appeared meanwhile: nothing was written")
         staging.rename(directory)
@@ -182,14 +198,16 @@ def init_org(name: str, out: Path, password_file: str | None, rpc_url: str | Non
     return org
 
 
-def _write_org(target: Path, org: NewOrg, keystore: dict[str, Any], k8s: Path) -> None:
+def _write_org(target: Path, org: NewOrg, keystore: dict[str, Any], masking_secret: int, k8s: Path) -> None:
     descriptor = os.open(target / KEYSTORE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
         json.dump(keystore, file)
+    write_secret(target / MASKING_KEY, masking_secret)  # mode 600, a new file
     (target / "address.txt").write_text(org.address + "\n")
     host = Places(deployment=str(org.directory / "deployment.json"), keys=str(org.directory / "keys"),
                   keystore=str(org.directory / KEYSTORE),
-                  password_file=str(org.password_file or org.directory / "keystore-password"))
+                  password_file=str(org.password_file or org.directory / "keystore-password"),
+                  masking_key=str(org.directory / MASKING_KEY))
     settings = target / "settings"
     settings.mkdir()
     for service, values in service_settings(org, host).items():
@@ -216,7 +234,8 @@ def org_values(org: NewOrg, places: Places) -> dict[str, str | int]:
     """Every setting `org init` knows, by field name, with files where `places` puts them."""
     return {"org": org.name, "rpc_url": org.rpc_url, "deployment": places.deployment, "log_level": "info",
             "participant": org.address, "org_index": 0, "org_count": 1, "keys": places.keys,
-            "keystore": places.keystore, "keystore_password_file": places.password_file}
+            "keystore": places.keystore, "keystore_password_file": places.password_file,
+            "masking_key_file": places.masking_key}
 
 
 def service_settings(org: NewOrg, places: Places) -> dict[str, dict[str, str | int]]:
@@ -228,12 +247,15 @@ def service_settings(org: NewOrg, places: Places) -> dict[str, dict[str, str | i
 def compose_env(org: NewOrg) -> str:
     """The env file of the organisation's service containers under docker compose."""
     places = Places(deployment="/deployments/deployment.json", keys="/keys",
-                    keystore=f"{COMPOSE_SECRETS}/keystore", password_file=f"{COMPOSE_SECRETS}/keystore_password")
+                    keystore=f"{COMPOSE_SECRETS}/keystore", password_file=f"{COMPOSE_SECRETS}/keystore_password",
+                    masking_key=f"{COMPOSE_SECRETS}/masking_key")
     values = org_values(org, places)
     return (
         f"# {org.name}'s WaFL services under docker compose: `env_file: {org.name}/.env` on each of them.\n"
-        "# The keystore and its password reach the containers as compose secrets (files under /run/secrets):\n"
-        f"#   secrets: keystore (file: {org.name}/{KEYSTORE}), keystore_password (file: your password file)\n"
+        "# The keystore, its password (the submitter's) and the masking secret (the prover's, read with secure\n"
+        "# aggregation only) reach the containers as compose secrets (files under /run/secrets):\n"
+        f"#   secrets: keystore (file: {org.name}/{KEYSTORE}), keystore_password (file: your password file),\n"
+        f"#            masking_key (file: {org.name}/{MASKING_KEY})\n"
         "# WAFL_AMQP_URL and WAFL_REDIS_URL hold passwords: set them in the compose file from your own .env.\n"
         "# WAFL_DEPLOYMENT is the artifact the federation's admin sends; WAFL_KEYS the final key set (prover).\n"
         + "".join(f"WAFL_{key.upper()}={value}\n" for key, value in values.items())
@@ -275,26 +297,47 @@ def _egress(rpc_url: str) -> tuple[str, int]:
     return f"{address}/{address.max_prefixlen}", port
 
 
-def _keystore_patch(api_version: str, kind: str, name: str, container: str) -> str:
-    """A strategic merge patch: the workload reads the keystore and its password instead of a key file."""
+def _secret_volume(volume: str, secret: str, key: str) -> dict[str, Any]:
+    """A volume of one file, `key` of the Secret, readable by the pod's group (fsGroup) only."""
+    return {"name": volume, "secret": {"secretName": secret, "defaultMode": 0o440,
+                                       "items": [{"key": key, "path": key}]}}
+
+
+def _workload_patch(api_version: str, kind: str, name: str, container: str, env: list[dict[str, str]],
+                    mounts: list[dict[str, Any]], volumes: list[dict[str, Any]]) -> str:
+    """A strategic merge patch of a workload's pod: its container's variables and mounts, its volumes."""
     return _patch({
         "apiVersion": api_version, "kind": kind, "metadata": {"name": name},
         "spec": {"template": {"spec": {
-            "containers": [{
-                "name": container,
-                "env": [{"name": "WAFL_KEY_FILE", "$patch": "delete"},
-                        {"name": "WAFL_KEYSTORE", "value": f"{KEY_DIR}/{KEYSTORE}"},
-                        {"name": "WAFL_KEYSTORE_PASSWORD_FILE", "value": f"{PASSWORD_DIR}/password"}],
-                "volumeMounts": [{"name": "key-password", "mountPath": PASSWORD_DIR, "readOnly": True}],
-            }],
-            "volumes": [
-                {"name": "key", "secret": {"secretName": KEYSTORE_SECRET, "defaultMode": 0o440,
-                                           "items": [{"key": KEYSTORE, "path": KEYSTORE}]}},
-                {"name": "key-password", "secret": {"secretName": PASSWORD_SECRET, "defaultMode": 0o440,
-                                                    "items": [{"key": "password", "path": "password"}]}},
-            ],
+            "containers": [{"name": container, "env": env, "volumeMounts": mounts}],
+            "volumes": volumes,
         }}},
     })
+
+
+def _keystore_patch(api_version: str, kind: str, name: str, container: str) -> str:
+    """A strategic merge patch: the workload reads the keystore and its password instead of a key file
+    (the base mounts the volume key at KEY_DIR already)."""
+    return _workload_patch(
+        api_version, kind, name, container,
+        env=[{"name": "WAFL_KEY_FILE", "$patch": "delete"},
+             {"name": "WAFL_KEYSTORE", "value": f"{KEY_DIR}/{KEYSTORE}"},
+             {"name": "WAFL_KEYSTORE_PASSWORD_FILE", "value": f"{PASSWORD_DIR}/password"}],
+        mounts=[{"name": "key-password", "mountPath": PASSWORD_DIR, "readOnly": True}],
+        volumes=[_secret_volume("key", KEYSTORE_SECRET, KEYSTORE),
+                 _secret_volume("key-password", PASSWORD_SECRET, "password")],
+    )
+
+
+def _masking_patch(api_version: str, kind: str, name: str, container: str) -> str:
+    """A strategic merge patch: the workload reads the masking secret (WAFL_MASKING_KEY_FILE), a
+    read-only mount of the Secret generated from masking.key."""
+    return _workload_patch(
+        api_version, kind, name, container,
+        env=[{"name": SECRET_ENV, "value": f"{MASKING_DIR}/{MASKING_KEY}"}],
+        mounts=[{"name": "masking-key", "mountPath": MASKING_DIR, "readOnly": True}],
+        volumes=[_secret_volume("masking-key", MASKING_SECRET, MASKING_KEY)],
+    )
 
 
 def _images(org: NewOrg, services: Sequence[str]) -> list[dict[str, str]]:
@@ -324,7 +367,9 @@ def overlay_files(org: NewOrg, target: Path, k8s: Path) -> dict[str, str]:
         "# Create the Secrets wafl-rabbitmq and wafl-redis and the ConfigMap wafl-deployment first",
         "# (deploy/README.md). The submitter and the attest Job sign with the keystore (Secret",
         f"# {KEYSTORE_SECRET}, generated from {KEYSTORE}: encrypted) opened with the password of the",
-        f"# Secret {PASSWORD_SECRET}. One-shot steps, applied when their turn comes: ceremony/, attest/.",
+        f"# Secret {PASSWORD_SECRET}. The prover and the attest Job read the masking secret (Secret",
+        f"# {MASKING_SECRET}, generated from {MASKING_KEY}) when the federation uses secure aggregation.",
+        "# One-shot steps, applied when their turn comes: ceremony/, attest/.",
         *placeholders,
     ])
     services = [s.replace("_", "-") for s in SERVICE_NAMES]
@@ -338,9 +383,9 @@ def overlay_files(org: NewOrg, target: Path, k8s: Path) -> dict[str, str]:
             {"name": "wafl-org-config", "behavior": "merge",
              "literals": [f"WAFL_PARTICIPANT={org.address}", "WAFL_ORG_INDEX=0", "WAFL_ORG_COUNT=1"]},
         ],
-        "secretGenerator": [{"name": KEYSTORE_SECRET, "files": [KEYSTORE],
-                             # a fixed name: the attest step (another kustomization) mounts it too
-                             "options": {"disableNameSuffixHash": True}}],
+        # Fixed names: the attest step (another kustomization) mounts them too.
+        "secretGenerator": [{"name": secret, "files": [file], "options": {"disableNameSuffixHash": True}}
+                            for secret, file in ((KEYSTORE_SECRET, KEYSTORE), (MASKING_SECRET, MASKING_KEY))],
         "images": _images(org, services),
         "replacements": [{
             # The prover queue KEDA watches is wafl.<WAFL_ORG>.prover.jobs (wafl/bus/topology.py).
@@ -354,6 +399,7 @@ def overlay_files(org: NewOrg, target: Path, k8s: Path) -> dict[str, str]:
              "patch": _patch([{"op": "replace", "path": "/spec/egress", "value": [
                  {"to": [{"ipBlock": {"cidr": block}}], "ports": [{"protocol": "TCP", "port": port}]}]}])},
             {"patch": _keystore_patch("apps/v1", "Deployment", "wafl-submitter", "submitter")},
+            {"patch": _masking_patch("apps/v1", "Deployment", "wafl-prover", "prover")},
         ],
     }
     namespace_doc = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {
@@ -383,6 +429,8 @@ def overlay_files(org: NewOrg, target: Path, k8s: Path) -> dict[str, str]:
                 {"op": "remove", "path": f"{command}/6"},
             ])},
             {"patch": _keystore_patch("batch/v1", "Job", "wafl-attest", "attest")},
+            # With secure aggregation `wafl attest` registers the masking key first ($WAFL_MASKING_KEY_FILE).
+            {"patch": _masking_patch("batch/v1", "Job", "wafl-attest", "attest")},
         ],
     }
     step_header = (f"# {org.name}'s {{step}} (made by `wafl org init`; deploy/README.md):\n"
@@ -400,9 +448,12 @@ def next_steps(org: NewOrg, shown: str) -> str:
     """What `wafl org init` prints after the address: the way from here to the first round."""
     password = str(org.password_file) if org.password_file else "PASSWORD_FILE"
     lines = [
-        f"organisation {org.name} in {shown}: keystore.json (encrypted, mode 600), address.txt, settings/, .env, "
-        "and its Kubernetes overlay (kustomization.yaml, ceremony/, attest/)",
+        f"organisation {org.name} in {shown}: keystore.json (encrypted, mode 600), {MASKING_KEY} (the masking "
+        "secret of secure aggregation, mode 600), address.txt, settings/, .env, and its Kubernetes overlay "
+        "(kustomization.yaml, ceremony/, attest/)",
         "Keep the password: nothing here can recover it, and without it the keystore is useless.",
+        f"Keep {MASKING_KEY} too: the provers and `wafl attest` read it when the federation uses secure "
+        "aggregation; a plain federation never reads it.",
         "Next:",
         f"  1. send the address ({shown}/address.txt) to the federation's admin, who registers it:",
         f"       wafl participants add --deployment DEPLOYMENT --rpc-url URL --key-file ADMIN_KEY {org.address}",
@@ -411,12 +462,13 @@ def next_steps(org: NewOrg, shown: str) -> str:
         "     (on Kubernetes: the Job of ceremony/); keep the hash it prints.",
         "  3. attest the final keys: wafl attest --deployment DEPLOYMENT --rpc-url URL --keys KEYS --ptau PTAU "
         "--mine HASH",
-        f"     with WAFL_KEYSTORE={shown}/{KEYSTORE} WAFL_KEYSTORE_PASSWORD_FILE={password} (on Kubernetes: attest/).",
+        f"     with WAFL_KEYSTORE={shown}/{KEYSTORE} WAFL_KEYSTORE_PASSWORD_FILE={password} (on Kubernetes: attest/);",
+        f"     with secure aggregation also --masking-key {shown}/{MASKING_KEY}, which registers its public key.",
         "  4. start the services:",
         f"       Kubernetes: kubectl -n wafl-{org.name} create secret generic {PASSWORD_SECRET} "
         f"--from-file=password={password}",
         f"                   kubectl kustomize {shown} | kubectl apply -f -",
-        f"       compose:    env_file: {shown}/.env (secrets keystore and keystore_password)",
+        f"       compose:    env_file: {shown}/.env (secrets keystore, keystore_password and masking_key)",
         f"       processes:  wafl run submitter --settings {shown}/settings/submitter.yaml (and the other four)",
     ]
     if org.password_file is None:

@@ -28,8 +28,8 @@ def cmd_participants_add(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this module's subcommands to the `wafl` parser (imports nothing heavy)."""
     org = sub.add_parser("org", help="an organisation's own set-up").add_subparsers(dest="org", required=True)
-    p = org.add_parser("init", help="a new organisation: its encrypted key, address, service settings, "
-                       "Kubernetes overlay and compose env file, in NAME/")
+    p = org.add_parser("init", help="a new organisation: its encrypted key, masking secret (secure aggregation), "
+                       "address, service settings, Kubernetes overlay and compose env file, in NAME/")
     p.add_argument("name", metavar="NAME", help="organisation id: lower-case letters, digits and '-' "
                    "(its queues are wafl.NAME.*, its namespace wafl-NAME)")
     p.add_argument("--out", default=".", help="directory to create NAME/ in (default: this one)")

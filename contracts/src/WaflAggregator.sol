@@ -235,10 +235,8 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
     /// @notice An excluded participant asks to be back in the sets, from the next round's.
     function rejoin() external {
         if (!hasRole(PARTICIPANT_ROLE, msg.sender)) revert Wafl__NotParticipant(msg.sender);
-        Member memory member = _members[msg.sender];
-        if (!member.excluded) revert Wafl__NotExcluded(msg.sender);
-        member.excluded = false;
-        _members[msg.sender] = member;
+        if (!_members[msg.sender].excluded) revert Wafl__NotExcluded(msg.sender);
+        _members[msg.sender].excluded = false;
         emit MemberRejoined(msg.sender, _state.round + 1);
     }
 
@@ -346,13 +344,9 @@ contract WaflAggregator is AccessControl, IWaflAggregator {
         uint256 found = 0;
         for (uint256 i = 0; i < members; ++i) {
             address account = _set[i];
-            Member memory member = _members[account];
-            if (member.lastRound != state.round) {
+            if (_members[account].lastRound != state.round) {
                 missing[found++] = account;
-                if (exclude) {
-                    member.excluded = true;
-                    _members[account] = member;
-                }
+                if (exclude) _members[account].excluded = true;
             }
         }
         if (state.accepted != 0) {

