@@ -439,14 +439,14 @@ def _update(cfg: ModelConfig, trainer: RoundTrainer, round_id: int, words: list[
     return Weights.from_flat(cfg, unpack(cfg, job.update_words))
 
 
-OBSERVED_WEIGHTS = 4  # weights shown of what the chain holds
+OBSERVED_WEIGHTS = 4  # the lanes shown of what the chain holds: the largest trained weights of the first word
 
 
 def _observed(aggregator: AggregatorClient, participant: str, round_id: int, update: Weights | None
               ) -> dict[str, Any] | None:
     """The participant's first submitted word in the round, as anyone reads it from the chain, and
-    its first lanes read as weights (plain: the weights themselves; masked: noise), beside the
-    weights it trained."""
+    the lanes of its largest trained weights read as weights (plain: those weights; masked: noise),
+    beside the weights it trained."""
     cfg = aggregator.deployment.model_config
     logs = aggregator.contract.events.UpdateAccepted().get_logs(
         from_block=aggregator.deployment.start_block, argument_filters={"round": round_id, "participant": participant})
@@ -455,14 +455,17 @@ def _observed(aggregator: AggregatorClient, participant: str, round_id: int, upd
     tx = aggregator.w3.eth.get_transaction(logs[0]["transactionHash"])
     _, arguments = aggregator.contract.decode_function_input(tx["input"])
     word = int(arguments["updateWords"][0])
-    lane = (1 << cfg.weight_bits) - 1
-    seen = [((word >> (k * cfg.slot_bits)) & lane) + cfg.weight_min for k in range(OBSERVED_WEIGHTS)]
+    in_word = min(cfg.lanes_per_word, cfg.n_weights)
+    trained = update.flat()[:in_word] if update is not None else [0] * in_word
+    lanes = sorted(sorted(range(in_word), key=lambda k: -abs(trained[k]))[:OBSERVED_WEIGHTS])
+    mask = (1 << cfg.weight_bits) - 1
     scale = 1 << cfg.frac_bits
     return {
         "participant": participant,
         "first_word": f"0x{word:064x}",
-        "weights_read": [v / scale for v in seen],
-        "weights_trained": [v / scale for v in update.flat()[:OBSERVED_WEIGHTS]] if update is not None else None,
+        "lanes": lanes,
+        "weights_read": [(((word >> (k * cfg.slot_bits)) & mask) + cfg.weight_min) / scale for k in lanes],
+        "weights_trained": [trained[k] / scale for k in lanes] if update is not None else None,
     }
 
 

@@ -140,8 +140,8 @@ def print_results(console: Console, result: dict[str, Any], records: list[RoundR
         for r in observed:
             seen = r.observed or {}
             trained = seen["weights_trained"]
-            console.print(f"  round {r.round}: word {seen['first_word'][:18]}... read as weights "
-                          f"{_weights(seen['weights_read'])}; trained {_weights(trained) if trained else '-'}",
+            console.print(f"  round {r.round}: word {seen['first_word'][:18]}..., lanes {seen['lanes']} read as "
+                          f"weights {_weights(seen['weights_read'])}; trained {_weights(trained) if trained else '-'}",
                           highlight=False)
     if result["malicious"]:
         names = sorted({r["error"] for r in result["rejections"]})
