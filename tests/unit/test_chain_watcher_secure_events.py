@@ -15,7 +15,7 @@ from web3 import Web3
 
 from services.chain_watcher.follower import ChainFollower, Head
 from services.chain_watcher.handlers import Watcher, WatcherState
-from tests.unit.inmemory import ADDRESS, EVENTS, ORG, Observer, deployment, runtime, serving
+from tests.support.inmemory import ADDRESS, EVENTS, ORG, Observer, deployment, runtime, serving
 from wafl.bus.chainstate import read_state
 from wafl.bus.messages import MemberRejoined, RoundFinalized, RoundOpened, RoundVoided, UpdateAccepted
 

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from services.metrics.book import MetricsBook
 from services.metrics.handlers import MetricsState, register, restore_totals
 from services.metrics.ledger import ChainLedger, ChainTotals
-from tests.unit.inmemory import ORG, chain_fields, publish, runtime, serving
+from tests.support.inmemory import ORG, chain_fields, publish, runtime, serving
 from wafl.bus.messages import ChainReorged, MemberRejoined, Message, RoundFinalized, RoundOpened, RoundVoided
 
 A, B, C = ("0x" + c * 40 for c in "abc")

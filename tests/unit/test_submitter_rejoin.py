@@ -19,7 +19,7 @@ from web3 import Web3
 from services.submitter.decisions import SubmissionPendingError, Submitter
 from services.submitter.handlers import SubmitterState, register
 from services.submitter.records import Mined, NotMined, Outcome, Reverted, TxRecord
-from tests.unit.inmemory import ORG, Observer, chain_fields, deployment, publish, runtime, serving
+from tests.support.inmemory import ORG, Observer, chain_fields, deployment, publish, runtime, serving
 from wafl.bus.messages import RoundVoided
 from wafl.chain.aggregator import AggregatorClient
 

@@ -3,7 +3,7 @@ messages they come from: public topics with their routing keys."""
 
 from __future__ import annotations
 
-from tests.unit.inmemory import ORG, chain_fields
+from tests.support.inmemory import ORG, chain_fields
 from tools.tail import format_line
 from wafl.bus.messages import (
     BY_ROUTING_KEY,

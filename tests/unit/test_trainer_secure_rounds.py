@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from services.trainer.handlers import TrainerState, register
 from services.trainer.rounds import RoundTrainer, UnprovableStepError
-from tests.unit.inmemory import ORG, Observer, chain_fields, publish, runtime, serving
+from tests.support.inmemory import ORG, Observer, chain_fields, publish, runtime, serving
 from wafl.bus.messages import ProverJob, RoundOpened, UpdateFailed, UpdateTrained
 from wafl.core.config import ModelConfig, load_config
 from wafl.core.packing import pack
