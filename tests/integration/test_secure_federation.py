@@ -147,3 +147,8 @@ def test_three_organisations_masked_with_a_dropped_member(tmp_path: Path) -> Non
             assert wait_for_metric(port, "wafl_chain_rounds_voided", 1) == 1
             assert wait_for_metric(port, "wafl_chain_members_excluded", 1) == 1
         fed.assert_alive()
+        # No masking secret in any service's log (the provers read them; nothing prints them).
+        logs_text = "\n".join(p.log() for org in fed.orgs for p in org.processes)
+        for org in fed.orgs:
+            secret = str(read_secret(org.masking_key_file or Path()))
+            assert secret not in logs_text, f"{org.name}'s masking secret leaked"
