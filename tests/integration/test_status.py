@@ -205,6 +205,9 @@ def test_watch_refreshes_in_place_until_interrupted(ref_config: ModelConfig, tmp
 
         try:
             wait_for("text", "out", lambda t: "round        not open" in t)
+            # Both watchers show the round not open before it opens (under load the JSON one's
+            # first frame could otherwise come after the attestation).
+            wait_for("json", "out", lambda t: '"round": 0' in t)
             AggregatorClient(w3, deployment).attest_keys(b)  # round 1 opens: a later refresh shows it
             wait_for("text", "out", lambda t: "round        1, 0 accepted of quorum 2" in t)
             frames = wait_for("json", "out", lambda t: '"round": 1' in t).splitlines()
