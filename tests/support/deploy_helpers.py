@@ -16,6 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 import yaml
 
 from services import SERVICE_NAMES
@@ -109,6 +110,15 @@ def undefined_metrics(exprs: Iterable[str]) -> set[str]:
 
 def kubectl() -> str | None:
     return shutil.which("kubectl")
+
+
+def require_kubectl() -> str:
+    """kubectl, or the test fails: the overlays cannot be checked without it (it is on this
+    project's machines; neither Debian nor PyPI packages it, so `make setup` cannot install it)."""
+    binary = kubectl()
+    if binary is None:
+        pytest.fail("kubectl is not installed: it renders the Kubernetes overlays these tests check")
+    return binary
 
 
 @functools.cache

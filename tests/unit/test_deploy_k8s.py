@@ -24,12 +24,15 @@ from tests.support.deploy_helpers import (
     SERVICES,
     by_kind,
     dns_name,
-    kubectl,
     named,
     render_overlay,
+    require_kubectl,
 )
 
-pytestmark = pytest.mark.skipif(kubectl() is None, reason="kubectl is not installed (needed to render overlays)")
+
+@pytest.fixture(autouse=True, scope="module")
+def _kubectl() -> None:
+    require_kubectl()  # fails, not skips, where the overlays cannot be rendered
 
 # Kubernetes versions the manifests must be valid for: the oldest we support and the newest schema.
 K8S_VERSIONS = ("1.30.0", "1.37.0")

@@ -28,7 +28,7 @@ from eth_account import Account
 
 import tests.unit.test_deploy_k8s as k8s_checks
 from services import SERVICE_NAMES
-from tests.support.deploy_helpers import by_kind, compose_binary, kubectl, named
+from tests.support.deploy_helpers import by_kind, compose_binary, kubectl, named, require_kubectl
 from tools.errors import UsageError
 from tools.org import KEYSTORE_SECRET, MASKING_KEY, MASKING_SECRET, PASSWORD_SECRET, NewOrg, init_org, settings_class
 from wafl.bus.settings import load_settings
@@ -251,8 +251,7 @@ _GoYamlLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 @pytest.fixture(scope="module")
 def overlay(made: NewOrg) -> Iterator[str]:
     """test_deploy_k8s.py's module looking at <tmp>/overlays (acme) instead of deploy/k8s/overlays."""
-    if kubectl() is None:
-        pytest.skip("kubectl is not installed (needed to render overlays)")
+    require_kubectl()
     overlays = made.directory.parent
 
     @functools.cache
